@@ -1,0 +1,1 @@
+"""The wire protocol shared by the ESP32 firmware (MicroPython) and the gateway (CPython)."""
