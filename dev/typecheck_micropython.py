@@ -20,13 +20,18 @@ STUBS = ROOT / ".venv" / "mpy-stubs"
 def main() -> int:
     targets = [t for t in ("protocol", "firmware") if any((ROOT / t).rglob("*.py"))]
     cmd = [
-        sys.executable, "-m", "mypy",
-        "--custom-typeshed-dir", str(STUBS),
-        "--python-version", "3.11",
+        sys.executable,
+        "-m",
+        "mypy",
+        "--custom-typeshed-dir",
+        str(STUBS),
+        "--python-version",
+        "3.11",
         "--no-site-packages",
         "--check-untyped-defs",
         "--explicit-package-bases",
-        "--config-file", str(ROOT / "dev" / "mypy-micropython.ini"),
+        "--config-file",
+        str(ROOT / "dev" / "mypy-micropython.ini"),
         *targets,
     ]
     env = dict(os.environ, MYPYPATH=str(STUBS))

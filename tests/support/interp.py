@@ -9,6 +9,7 @@ and `pytest.raises(ValueError)` read the same under both interpreters.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -182,10 +183,9 @@ class Remote:
         )
 
     def __del__(self) -> None:
-        try:
+        # At interpreter shutdown the bridge may be gone already; nothing to free then.
+        with contextlib.suppress(AttributeError):
             self._mp._free.append(self._hid)
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         return f"<micropython {self._kind} #{self._hid}>"

@@ -20,7 +20,7 @@ def _keep(obj):
 
 def _out(v):
     # bool before int: isinstance(True, int) is False on MicroPython but keep the order anyway
-    if v is None or isinstance(v, bool) or isinstance(v, int) or isinstance(v, str):
+    if v is None or isinstance(v, (bool, int, str)):
         return v
     if isinstance(v, float):
         return {"$f": struct.pack(">d", v).hex()}
@@ -36,8 +36,12 @@ def _out(v):
         return {"$tag": v.tag, "v": _out(v.value)}
     if isinstance(v, type):
         exc = issubclass(v, Exception)
-        return {"$h": _keep(v), "class": v.__name__, "exc": exc,
-                "value_error": exc and issubclass(v, ValueError)}
+        return {
+            "$h": _keep(v),
+            "class": v.__name__,
+            "exc": exc,
+            "value_error": exc and issubclass(v, ValueError),
+        }
     return {"$h": _keep(v), "type": type(v).__name__, "callable": callable(v)}
 
 
@@ -95,7 +99,11 @@ def main():
         try:
             reply = {"ok": _out(_do(json.loads(line)))}
         except Exception as e:  # noqa: BLE001 - every failure goes back to the test
-            reply = {"err": type(e).__name__, "msg": str(e), "value_error": isinstance(e, ValueError)}
+            reply = {
+                "err": type(e).__name__,
+                "msg": str(e),
+                "value_error": isinstance(e, ValueError),
+            }
         sys.stdout.write(json.dumps(reply))
         sys.stdout.write("\n")
         sys.stdout.flush()

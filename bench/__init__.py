@@ -1,0 +1,1 @@
+"""`make bench`: figures as ratios against baselines measured in the same run."""
