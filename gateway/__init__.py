@@ -1,0 +1,1 @@
+"""The gateway agent: links -> security -> decode -> durable store -> batcher -> sinks."""

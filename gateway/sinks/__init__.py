@@ -1,0 +1,1 @@
+"""Upstream sinks: where committed readings are forwarded (spool, MQTT, NGSI-LD)."""
