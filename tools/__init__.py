@@ -1,0 +1,1 @@
+"""The technicians' tools: flash, provision, check and decode nodes."""
