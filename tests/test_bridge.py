@@ -26,3 +26,9 @@ def test_live_objects_stay_remote(interp):
     buf = io.BytesIO(b"abc")
     assert buf.read(2) == b"ab"
     assert buf.read() == b"c"
+
+
+def test_errors_keep_builtin_families(interp):
+    io = interp.module("io")
+    with pytest.raises(AttributeError):
+        _ = io.no_such_name

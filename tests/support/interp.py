@@ -41,14 +41,16 @@ class CPython:
         pass
 
 
-_remote_errors: dict[tuple[str, bool], type[Exception]] = {}
+_remote_errors: dict[tuple[str, tuple[str, ...]], type[Exception]] = {}
 
 
-def remote_error(name: str, value_error: bool) -> type[Exception]:
-    key = (name, value_error)
+def remote_error(name: str, families: list[str]) -> type[Exception]:
+    """A local stand-in for a MicroPython exception class, in the same built-in families."""
+    key = (name, tuple(families))
     if key not in _remote_errors:
-        base: type[Exception] = ValueError if value_error else RuntimeError
-        _remote_errors[key] = type(name, (base,), {"__module__": "micropython"})
+        builtin = __import__("builtins")
+        bases = tuple(getattr(builtin, f) for f in families) or (RuntimeError,)
+        _remote_errors[key] = type(name, bases, {"__module__": "micropython"})
     return _remote_errors[key]
 
 
@@ -97,7 +99,7 @@ class MicroPython:
             raise BridgeDied(f"micropython exited with {self.proc.wait()}")
         reply = json.loads(line)
         if "err" in reply:
-            raise remote_error(reply["err"], reply["value_error"])(reply["msg"])
+            raise remote_error(reply["err"], reply["families"])(reply["msg"])
         return self.decode(reply["ok"])
 
     def encode(self, v: Any) -> Any:
@@ -137,7 +139,7 @@ class MicroPython:
 
             return Tag(v["$tag"], self.decode(v["v"]))
         if v.get("exc"):
-            return remote_error(v["class"], v["value_error"])
+            return remote_error(v["class"], v["families"])
         return Remote(self, v["$h"], v.get("class") or v.get("type", "?"))
 
     # -- API ------------------------------------------------------------------------------

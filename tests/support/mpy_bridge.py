@@ -11,6 +11,15 @@ _objects = {}
 _next = [1]
 
 
+# The built-in exception families a remote error is reported under, so that the CPython side
+# can raise a class that `except ValueError` / `pytest.raises(KeyError)` still catch.
+_FAMILIES = (ValueError, KeyError, IndexError, AttributeError, TypeError, OSError, MemoryError)
+
+
+def _families(cls):
+    return [f.__name__ for f in _FAMILIES if issubclass(cls, f)]
+
+
 def _keep(obj):
     hid = _next[0]
     _next[0] += 1
@@ -40,7 +49,7 @@ def _out(v):
             "$h": _keep(v),
             "class": v.__name__,
             "exc": exc,
-            "value_error": exc and issubclass(v, ValueError),
+            "families": _families(v) if exc else [],
         }
     return {"$h": _keep(v), "type": type(v).__name__, "callable": callable(v)}
 
@@ -102,7 +111,7 @@ def main():
             reply = {
                 "err": type(e).__name__,
                 "msg": str(e),
-                "value_error": isinstance(e, ValueError),
+                "families": _families(type(e)),
             }
         sys.stdout.write(json.dumps(reply))
         sys.stdout.write("\n")
