@@ -32,3 +32,8 @@ def test_errors_keep_builtin_families(interp):
     io = interp.module("io")
     with pytest.raises(AttributeError):
         _ = io.no_such_name
+
+
+def test_text_beyond_the_basic_plane_crosses_intact(interp):
+    json = interp.module("json")
+    assert json.loads('"\U0001f6b2 vélo"') == "\U0001f6b2 vélo"

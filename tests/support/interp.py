@@ -78,6 +78,7 @@ class MicroPython:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            encoding="utf-8",
             bufsize=1,
         )
         self._free: list[int] = []
@@ -90,7 +91,9 @@ class MicroPython:
                 req["free"], self._free = self._free, []
             assert self.proc.stdin and self.proc.stdout
             try:
-                self.proc.stdin.write(json.dumps(req) + "\n")
+                # ensure_ascii=False: MicroPython's json decodes escaped surrogate pairs wrongly, so
+                # characters above U+FFFF travel as raw UTF-8.
+                self.proc.stdin.write(json.dumps(req, ensure_ascii=False) + "\n")
                 self.proc.stdin.flush()
             except BrokenPipeError as e:
                 raise BridgeDied(f"micropython exited with {self.proc.poll()}") from e
