@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 #   libcoap3-bin: coap-client-notls / coap-server-notls, an independent CoAP implementation
 #   socat: the serial-over-TCP bridge behind the simulated board
 #   mosquitto: a real MQTT broker for the sink tests
-APT_NEEDS="coap-server-notls:libcoap3-bin socat:socat mosquitto:mosquitto"
+#   chromium: the headless browser the web page tests drive (through Playwright)
+APT_NEEDS="coap-server-notls:libcoap3-bin socat:socat mosquitto:mosquitto chromium:chromium"
 missing=""
 for pair in $APT_NEEDS; do
     cmd=${pair%%:*}; pkg=${pair#*:}
