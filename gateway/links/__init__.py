@@ -1,0 +1,1 @@
+"""Links: how uplinks reach the gateway (CoAP/UDP, LoRa), one module each behind base.py."""

@@ -1,0 +1,144 @@
+"""Per-node health for the field staff page: the latest state and a short history.
+
+`node_state` holds one row per node (last seen, link, radio quality, battery, firmware);
+`node_history` appends one row per uplink and keeps the newest `HISTORY_PER_NODE` per node, so
+it stays small whatever the uplink rate. Plain tables: the web page may query them directly
+through `Database.read`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from gateway.store.db import Database
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS node_state(
+    node_id TEXT PRIMARY KEY,
+    last_seen REAL NOT NULL,
+    link TEXT NOT NULL,
+    rssi_dbm REAL,
+    snr_db REAL,
+    battery_mv INTEGER,
+    firmware TEXT,
+    uplinks INTEGER NOT NULL DEFAULT 0,
+    last_alarm_at REAL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS node_history(
+    id INTEGER PRIMARY KEY,
+    node_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    link TEXT NOT NULL,
+    rssi_dbm REAL,
+    snr_db REAL,
+    battery_mv INTEGER,
+    firmware TEXT
+);
+CREATE INDEX IF NOT EXISTS node_history_node ON node_history(node_id, id);
+"""
+
+HISTORY_PER_NODE = 500
+_PRUNE_EVERY = 50  # prune a node's history once every this many of its uplinks
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """What one uplink tells about its node's health."""
+
+    node_id: str
+    at: float
+    link: str
+    rssi_dbm: float | None = None
+    snr_db: float | None = None
+    battery_mv: int | None = None  # None here: not in this uplink; the state keeps the last known
+    firmware: str | None = None
+    alarm: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    node_id: str
+    last_seen: float
+    link: str
+    rssi_dbm: float | None
+    snr_db: float | None
+    battery_mv: int | None
+    firmware: str | None
+    uplinks: int
+    last_alarm_at: float | None
+
+
+def record_in(conn: sqlite3.Connection, report: NodeReport) -> None:
+    """Update the node's state and append to its history (inside a group transaction)."""
+    r = report
+    (uplinks,) = conn.execute(
+        "INSERT INTO node_state(node_id, last_seen, link, rssi_dbm, snr_db, battery_mv,"
+        " firmware, uplinks, last_alarm_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)"
+        " ON CONFLICT(node_id) DO UPDATE SET last_seen = excluded.last_seen,"
+        " link = excluded.link, rssi_dbm = COALESCE(excluded.rssi_dbm, rssi_dbm),"
+        " snr_db = COALESCE(excluded.snr_db, snr_db),"
+        " battery_mv = COALESCE(excluded.battery_mv, battery_mv),"
+        " firmware = COALESCE(excluded.firmware, firmware), uplinks = uplinks + 1,"
+        " last_alarm_at = COALESCE(excluded.last_alarm_at, last_alarm_at)"
+        " RETURNING uplinks",
+        (
+            r.node_id,
+            r.at,
+            r.link,
+            r.rssi_dbm,
+            r.snr_db,
+            r.battery_mv,
+            r.firmware,
+            r.at if r.alarm else None,
+        ),
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO node_history(node_id, at, link, rssi_dbm, snr_db, battery_mv, firmware)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (r.node_id, r.at, r.link, r.rssi_dbm, r.snr_db, r.battery_mv, r.firmware),
+    )
+    if uplinks % _PRUNE_EVERY == 0:  # the node's own count: every node gets pruned
+        conn.execute(
+            "DELETE FROM node_history WHERE node_id = ? AND id <= (SELECT id FROM node_history"
+            " WHERE node_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (r.node_id, r.node_id, HISTORY_PER_NODE),
+        )
+
+
+def _state(row: tuple[object, ...]) -> NodeState:
+    return NodeState(*row)  # type: ignore[arg-type]
+
+
+class NodeStatus:
+    """Read side of node health for the web page and /metrics."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def all(self) -> list[NodeState]:
+        return await self.db.read(
+            lambda conn: [
+                _state(row) for row in conn.execute("SELECT * FROM node_state ORDER BY node_id")
+            ]
+        )
+
+    async def get(self, node_id: str) -> NodeState | None:
+        def work(conn: sqlite3.Connection) -> NodeState | None:
+            row = conn.execute("SELECT * FROM node_state WHERE node_id = ?", (node_id,)).fetchone()
+            return _state(row) if row else None
+
+        return await self.db.read(work)
+
+    async def history(self, node_id: str, limit: int = 100) -> list[NodeReport]:
+        """The node's latest reports, newest first."""
+
+        def work(conn: sqlite3.Connection) -> list[NodeReport]:
+            rows = conn.execute(
+                "SELECT node_id, at, link, rssi_dbm, snr_db, battery_mv, firmware"
+                " FROM node_history WHERE node_id = ? ORDER BY id DESC LIMIT ?",
+                (node_id, limit),
+            ).fetchall()
+            return [NodeReport(*row) for row in rows]
+
+        return await self.db.read(work)
