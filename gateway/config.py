@@ -460,8 +460,10 @@ def _sinks(sinks_s: _Section, data_dir: Path, config_dir: Path, site_id: str) ->
             r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*",
             "must be topic levels of letters, digits, '_' or '-' separated by '/'",
         ),
+        # MQTT 3.1.1 brokers need only accept client ids of up to 23 characters, so the
+        # default keeps the site id's first 15 after the prefix.
         client_id=mqtt_s.text(
-            "client_id", f"city-gateway-{site_id}", r"[A-Za-z0-9_-]{1,23}", "must be 1-23 chars"
+            "client_id", f"city-gw-{site_id[:15]}", r"[A-Za-z0-9_-]{1,23}", "must be 1-23 chars"
         ),
         keepalive_s=mqtt_s.integer("keepalive_s", 60, 5, 3600),
     )

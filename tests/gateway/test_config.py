@@ -172,3 +172,11 @@ def test_check_config_command(tmp_path: Path) -> None:
     good = check_config(write(tmp_path, 'site_id = "north"'))
     assert good.returncode == 0, good.stderr
     assert '"site_id": "north"' in good.stdout
+
+
+def test_default_mqtt_client_id_fits_a_long_site_id(tmp_path):
+    # MQTT 3.1.1 brokers need only accept 23-character client ids.
+    path = tmp_path / "gateway.toml"
+    path.write_text('site_id = "brussels-ixelles-parc-tenbosch"\n')
+    config = load(path)
+    assert config.sinks.mqtt.client_id == "city-gw-brussels-ixelle"

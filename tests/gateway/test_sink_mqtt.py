@@ -230,7 +230,7 @@ def test_from_config_reads_the_password_file(mosquitto_factory, subscribe, tmp_p
     sink = from_config(config)
     assert (sink.name, sink.client_id, sink.password) == (
         "mqtt",
-        f"city-gateway-{SITE}",
+        f"city-gw-{SITE}",
         "from a file",
     )
     sub = subscribe(broker, topic="city/#", credentials=("gw", "from a file"))
