@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from bench._ingest_coap import coap_rows
 from bench.common import table
 from gateway.records import Reading
 from gateway.store.readings import SCHEMA, Store, database_for
@@ -108,7 +109,7 @@ def store_rows(folder: Path) -> list[list[object]]:
 
 
 # Each scenario: a function of the scratch folder returning table rows.
-SCENARIOS: list[Callable[[Path], list[list[object]]]] = [store_rows]
+SCENARIOS: list[Callable[[Path], list[list[object]]]] = [store_rows, coap_rows]
 
 
 def main() -> None:

@@ -1,0 +1,466 @@
+"""The LoRa link: CoAP + OSCORE in raw LoRa frames, heard by the gateway's radio.
+
+A node sends the same OSCORE-protected `POST /u` as over UDP, as the whole payload of one
+frame (firmware/node/loralink.py): NON for routine readings, CON for alarms. Then it listens
+for `rx_window_ms` (3 s by default) from the end of its transmission. The gateway:
+
+    frame -> size check (EU868 payload limit of the spreading factor) -> is it the answer to
+    one of our pushes? -> a CON retransmission answered before (same bytes)? -> OSCORE
+    unprotect without transport (gateway/security.py) -> decode (gateway/uplink.py) ->
+    pipeline.handle (durable COMMIT) -> reply in the node's RX window
+
+- A CON is always answered (2.04, or an error, piggybacked on the ACK). A NON is answered only
+  when there is something to say: downlinks waiting for the node, or an Echo challenge after a
+  restart. Every transmission is checked against the EU868 duty-cycle ledger first
+  (protocol.airtime; kept in `<data_dir>/lora-ledger.bin` so a restart does not forget the
+  last hour); one the ledger refuses is dropped, and its downlinks wait for the next window.
+- A response carries as many downlinks as fit in one frame; the rest go in later windows.
+- Mains-powered lamps listen continuously (LoRaWAN class C's idea): a downlink queued for one
+  goes out at once as a protected CON `POST /d` (gateway/links/wake.py), repeated until the
+  lamp's ACK, with an Echo round trip after the lamp rebooted.
+- Two radios behind `Radio`: `SimRadio`, a client of the simulated medium (hil/medium.py,
+  which documents the datagrams), and the Pi's RFM95 (gateway/links/rfm9x.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import aiocoap
+from aiocoap import error
+from aiocoap.numbers.contentformat import ContentFormat
+
+from gateway.config import LoRaLinkConfig
+from gateway.downlinks import Downlink
+from gateway.links.base import LinkContext, UplinkRefused
+from gateway.links.wake import NeighbourWake, Pusher
+from gateway.security import FrameRefused, FrameRequest, protect_reply, unprotect_frame
+from gateway.uplink import Deliveries, Keyring, decode_uplink, encode_downlinks, open_keyring
+from gateway.uplink import with_confirmations as confirming
+from protocol import airtime
+
+log = logging.getLogger(__name__)
+
+NAME = "lora"
+PREAMBLE = 8  # symbols, as the nodes' SX127x driver programs it
+RX_WINDOW_S = 2.5  # answer within the node's 3 s window (its default), or not at all
+MAX_DOWNLINKS = 4  # fetched per uplink; as many as fit the frame are sent
+REPLY_CACHE = 64  # CON requests whose answer is kept for a retransmission (same bytes)
+PUSH_TRIES = 3  # transmissions of one pushed CON before giving up until the next uplink
+LEDGER_ENTRIES = 255  # the gateway transmits to many nodes: keep the ledger exact longer
+# Bytes a protected response adds to its payload: header 4, OSCORE option (empty value) 1,
+# marker 1, inner code 1, inner Content-Format 2, inner marker 1, AEAD tag 8; plus the token.
+_RESPONSE_OVERHEAD = 18
+
+
+class Radio(Protocol):
+    async def start(self, on_frame: Callable[[bytes, float | None, float | None], None]) -> None:
+        """Start receiving continuously; `on_frame(data, rssi_dbm, snr_db)` per frame heard."""
+        ...
+
+    async def send(self, frame: bytes) -> bool:
+        """Transmit one frame, back to receiving after TxDone; False if TxDone never came."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def create(context: LinkContext) -> LoRaLink:
+    return LoRaLink(context)
+
+
+def make_radio(settings: LoRaLinkConfig) -> Radio:
+    if settings.mode == "sim":
+        return SimRadio(settings)
+    from gateway.links.rfm9x import RFM9xRadio  # noqa: PLC0415 - Blinka only where it is used
+
+    return RFM9xRadio(settings)
+
+
+class LoRaLink:
+    name = NAME
+
+    def __init__(
+        self,
+        context: LinkContext,
+        radio: Radio | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.context = context
+        settings = self.settings = context.config.links.lora
+        self.freq_hz = round(settings.frequency_mhz * 1_000_000)
+        self.sf = settings.spreading_factor
+        self.bw_hz = round(settings.bandwidth_khz * 1000)
+        self.max_frame = airtime.max_payload(self.sf, self.bw_hz)
+        self.radio = radio if radio is not None else make_radio(settings)
+        self.clock = clock
+        self.ledger_path = context.config.data_dir / "lora-ledger.bin"
+        self.ledger = _load_ledger(self.ledger_path)
+        self.deliveries = Deliveries()
+        self.keyring: Keyring | None = None
+        self.wake = NeighbourWake(context.registry, context.downlinks)
+        self.pusher: Pusher | None = None
+        self.duty_cycle_refused = 0  # transmissions the ledger did not allow
+        self.sent_frames = 0
+        self._replies: OrderedDict[bytes, bytes | None] = OrderedDict()  # None: in progress
+        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}  # push token -> its answer
+        self._tx_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def refuse(self, reason: str, node_id: str | None = None, detail: str = "") -> None:
+        self.context.pipeline.refuse(self.name, reason, node_id, detail)
+
+    async def start(self) -> None:
+        self.keyring = open_keyring(self.context.config.security.keys_dir)
+        try:
+            await self.radio.start(self._on_frame)
+        except BaseException:
+            self.keyring.close()
+            self.keyring = None
+            raise
+        self.context.registry.listeners.append(self._registry_changed)
+        self.pusher = Pusher(
+            self.name, self.context.registry, self.context.downlinks, self.push, lambda _: True
+        )
+        log.info(
+            "LoRa link (%s) on %.3f MHz SF%d/%d kHz, frames up to %d bytes",
+            self.settings.mode,
+            self.freq_hz / 1e6,
+            self.sf,
+            self.bw_hz // 1000,
+            self.max_frame,
+        )
+
+    def _registry_changed(self) -> None:
+        if self.keyring is not None:
+            self.keyring.load_new(force=True)
+
+    async def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.context.registry.listeners.remove(self._registry_changed)
+        if self.pusher is not None:
+            await self.pusher.close()
+        await self.wake.close()
+        await self.radio.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.keyring is not None:
+            self.keyring.close()
+            self.keyring = None
+
+    # -- reception -----------------------------------------------------------------------------
+
+    def _on_frame(self, frame: bytes, rssi_dbm: float | None, snr_db: float | None) -> None:
+        task = asyncio.get_running_loop().create_task(self.handle(frame, rssi_dbm, snr_db))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle(self, frame: bytes, rssi_dbm: float | None, snr_db: float | None) -> None:
+        heard = time.monotonic()
+        if len(frame) > self.max_frame:
+            self.refuse("oversized", detail=f"{len(frame)}-byte frame at SF{self.sf}")
+            return
+        try:
+            outer = aiocoap.Message.decode(frame)
+        except (error.UnparsableMessage, ValueError) as exc:
+            self.refuse("malformed", detail=f"not a CoAP message: {exc}")
+            return
+        if not outer.code.is_request():
+            waiting = self._waiting.get(outer.token)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(frame)
+            return  # someone else's answer, an ACK or a reset: not an uplink
+        if frame in self._replies:
+            reply = self._replies[frame]
+            if reply is not None:  # the node's CON retransmission: our answer was lost
+                await self.transmit(reply)
+            return
+        keyring = self.keyring
+        assert keyring is not None
+        try:
+            try:
+                request = unprotect_frame(keyring.credentials, frame)
+            except FrameRefused as refused:
+                if refused.reason != "unknown_kid" or not keyring.load_new():
+                    raise
+                request = unprotect_frame(keyring.credentials, frame)  # provisioned just now
+        except FrameRefused as refused:
+            if refused.reply is not None:
+                log.info("Echo challenge on LoRa (replay window not known after a restart)")
+                await self.transmit(refused.reply)
+            else:
+                self.refuse(refused.reason, detail=refused.detail)
+            return
+        confirmable = outer.mtype == aiocoap.CON
+        if confirmable:
+            self._remember(frame, None)
+        reply, included = await self._serve(request, rssi_dbm, snr_db, confirmable)
+        if reply is None:
+            self._replies.pop(frame, None)
+            return
+        if time.monotonic() - heard > RX_WINDOW_S:
+            log.warning("answer to %s missed its RX window", request.node_id)
+            self._replies.pop(frame, None)
+            return
+        if await self.transmit(reply):
+            self.deliveries.delivered(request.node_id, included)
+            if confirmable:
+                self._remember(frame, reply)
+        else:
+            self._replies.pop(frame, None)
+
+    async def _serve(
+        self, request: FrameRequest, rssi: float | None, snr: float | None, confirmable: bool
+    ) -> tuple[bytes | None, list[int]]:
+        """The protected answer (None: stay silent) and the downlink ids it carries."""
+        node_id, plain = request.node_id, request.request
+        if plain.code != aiocoap.POST or plain.opt.uri_path != ("u",):
+            self.refuse("malformed", node_id, f"{plain.code} {plain.opt.uri_path}")
+            return self._error(request, aiocoap.NOT_FOUND, confirmable), []
+        try:
+            uplink = decode_uplink(
+                node_id,
+                request.seqno,
+                plain.payload,
+                self.clock(),
+                link=self.name,
+                rssi_dbm=rssi,
+                snr_db=snr,
+                max_downlinks=MAX_DOWNLINKS,
+            )
+        except UplinkRefused as refused:
+            self.refuse(refused.reason, node_id, refused.detail)
+            return self._error(request, aiocoap.BAD_REQUEST, confirmable, refused.detail), []
+        uplink = confirming(uplink, self.deliveries.confirmed_by(node_id))
+        try:
+            downlinks = await self.context.pipeline.handle(uplink)
+        except UplinkRefused as refused:  # counted by the pipeline
+            code = {"unknown_node": aiocoap.FORBIDDEN, "unavailable": aiocoap.SERVICE_UNAVAILABLE}
+            return self._error(
+                request, code.get(refused.reason, aiocoap.BAD_REQUEST), confirmable
+            ), []
+        self.wake.after_commit(uplink)
+        room = self.max_frame - _RESPONSE_OVERHEAD - len(request.outer.token)
+        payload, included = encode_downlinks(downlinks, room)
+        if not payload and not confirmable:
+            self.deliveries.delivered(node_id, ())
+            return None, []
+        response = aiocoap.Message(code=aiocoap.CHANGED, payload=payload)
+        if payload:
+            response.opt.content_format = ContentFormat.CBOR
+        reply = protect_reply(request, response, mid=_new_mid())
+        if len(reply) > self.max_frame:  # never protect twice under one nonce: drop instead
+            log.error("answer to %s is %d bytes, over the frame limit", node_id, len(reply))
+            return None, []
+        return reply, included
+
+    def _error(
+        self, request: FrameRequest, code: Any, confirmable: bool, detail: str = ""
+    ) -> bytes | None:
+        if not confirmable:
+            return None  # no airtime for errors nobody waits for
+        diagnostic = detail.encode()[: max(0, self.max_frame - 40)]
+        return protect_reply(request, aiocoap.Message(code=code, payload=diagnostic))
+
+    def _remember(self, frame: bytes, reply: bytes | None) -> None:
+        self._replies[frame] = reply
+        self._replies.move_to_end(frame)
+        while len(self._replies) > REPLY_CACHE:
+            self._replies.popitem(last=False)
+
+    # -- transmission --------------------------------------------------------------------------
+
+    def airtime_ms(self, length: int) -> float:
+        cr = self.settings.coding_rate - 4
+        return float(airtime.time_on_air_ms(length, self.sf, self.bw_hz, cr, PREAMBLE))
+
+    async def transmit(self, frame: bytes) -> bool:
+        """Send one frame if the duty-cycle ledger allows it now."""
+        async with self._tx_lock:
+            toa = self.airtime_ms(len(frame))
+            now = self.clock()
+            if not self.ledger.can_send(self.freq_hz, toa, now, self.bw_hz):
+                self.duty_cycle_refused += 1
+                wait = self.ledger.wait_s(self.freq_hz, toa, now, self.bw_hz)
+                log.warning("duty cycle: %d-byte frame not sent (wait %.0f s)", len(frame), wait)
+                return False
+            # Recorded before the radio keys up: a crash mid-frame overcounts, never under.
+            self.ledger.record(self.freq_hz, toa, now, self.bw_hz)
+            _save_ledger(self.ledger_path, self.ledger)
+            sent = await self.radio.send(frame)
+            self.sent_frames += sent
+            return sent
+
+    # -- pushes to lamps in continuous receive -------------------------------------------------
+
+    async def push(self, node_id: str, downlinks: list[Downlink]) -> bool:
+        if self.keyring is None:
+            return False
+        context = self.keyring.credentials.get(":" + node_id)
+        if context is None:
+            return False
+        room = self.max_frame - _RESPONSE_OVERHEAD - 9  # a request: kid and Partial IV too
+        payload, included = encode_downlinks(downlinks, room)
+        if not payload:
+            return False
+        echo: bytes | None = None
+        for _ in range(2):  # the second round answers a rebooted lamp's Echo challenge
+            message = aiocoap.Message(
+                code=aiocoap.POST,
+                uri_path=("d",),
+                payload=payload,
+                content_format=ContentFormat.CBOR,
+            )
+            if echo is not None:
+                message.opt.echo = echo
+            protected, request_id = context.protect(message)
+            protected.mtype = aiocoap.CON
+            protected.mid = _new_mid()
+            protected.token = secrets.token_bytes(4)
+            answer = await self._exchange(protected.token, protected.encode())
+            if answer is None:
+                return False
+            plain, _ = context.unprotect(aiocoap.Message.decode(answer), request_id)
+            if plain.code == aiocoap.UNAUTHORIZED and plain.opt.echo is not None:
+                echo = plain.opt.echo
+                continue
+            return bool(plain.code == aiocoap.CHANGED) and len(included) == len(downlinks)
+        return False
+
+    async def _exchange(self, token: bytes, frame: bytes) -> bytes | None:
+        """Send a CON until its answer comes back (same bytes each time, as CoAP retransmits)."""
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        try:
+            for attempt in range(PUSH_TRIES):
+                if not await self.transmit(frame):
+                    return None
+                timeout = 1.0 + 3 * self.airtime_ms(len(frame)) / 1000 * (attempt + 1)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), timeout)
+                except TimeoutError:
+                    continue
+            return None
+        finally:
+            self._waiting.pop(token, None)
+
+
+def _new_mid() -> int:
+    return secrets.randbelow(0x10000)
+
+
+def _load_ledger(path: Path) -> airtime.DutyCycleLedger:
+    try:
+        return airtime.DutyCycleLedger.from_bytes(path.read_bytes())
+    except (OSError, ValueError):
+        return airtime.DutyCycleLedger(LEDGER_ENTRIES)
+
+
+def _save_ledger(path: Path, ledger: airtime.DutyCycleLedger) -> None:
+    # Not fsynced: after a power cut the ledger may miss the last frames of the hour, which
+    # the node's own ledger (they transmit far less than the gateway) does not depend on.
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(ledger.to_bytes())
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("duty-cycle ledger not saved: %s", exc)
+
+
+# -- the simulated radio -----------------------------------------------------------------------
+
+LEASE_MS = 10_000  # the medium forgets a listener it has not heard from for this long
+
+
+class SimRadio(asyncio.DatagramProtocol):
+    """The gateway's radio on the simulated medium (datagrams documented in hil/medium.py)."""
+
+    def __init__(self, settings: LoRaLinkConfig) -> None:
+        self.medium = settings.sim_medium
+        self.position = list(settings.sim_position)
+        self.channel = {
+            "freq": round(settings.frequency_mhz * 1_000_000),
+            "sf": settings.spreading_factor,
+            "bw": round(settings.bandwidth_khz * 1000),
+        }
+        self.cr = settings.coding_rate - 4
+        self.power = settings.tx_power_dbm
+        self.transport: asyncio.DatagramTransport | None = None
+        self.on_frame: Callable[[bytes, float | None, float | None], None] | None = None
+        self._txdone: asyncio.Future[None] | None = None
+        self._renew: asyncio.Task[None] | None = None
+
+    async def start(self, on_frame: Callable[[bytes, float | None, float | None], None]) -> None:
+        self.on_frame = on_frame
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        self._listen()
+        self._renew = loop.create_task(self._keep_listening(), name="lora-sim-listen")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a DatagramTransport in fact, though CPython 3.11's class does not say so
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def _send(self, op: str, **fields: Any) -> None:
+        if self.transport is not None:
+            msg = {"op": op, "pos": self.position, **self.channel, **fields}
+            self.transport.sendto(json.dumps(msg).encode(), self.medium)
+
+    def _listen(self) -> None:
+        self._send("listen", ms=LEASE_MS)
+
+    async def _keep_listening(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_MS / 3000)
+            self._listen()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        try:
+            msg = json.loads(data)
+            op = msg["op"]
+            if op == "rx" and self.on_frame is not None:
+                self.on_frame(bytes.fromhex(msg["data"]), msg.get("rssi"), msg.get("snr"))
+            elif op == "txdone" and self._txdone is not None and not self._txdone.done():
+                self._txdone.set_result(None)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("medium sent an unreadable datagram: %s", exc)
+
+    async def send(self, frame: bytes) -> bool:
+        self._txdone = asyncio.get_running_loop().create_future()
+        self._send(
+            "tx",
+            cr=self.cr,
+            preamble=PREAMBLE,
+            header=True,
+            crc=True,
+            power=self.power,
+            t=int(time.time() * 1000),
+            grace_ms=0,
+            data=frame.hex(),
+        )
+        toa_s = airtime.time_on_air_ms(len(frame), self.channel["sf"], self.channel["bw"]) / 1000
+        try:
+            await asyncio.wait_for(self._txdone, 2 + 2 * toa_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._listen()  # half duplex: back to receiving as soon as the frame is out
+
+    async def close(self) -> None:
+        if self._renew is not None:
+            self._renew.cancel()
+        self._send("idle")
+        if self.transport is not None:
+            self.transport.close()

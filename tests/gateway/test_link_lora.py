@@ -1,0 +1,326 @@
+"""The LoRa link (gateway/links/lora.py) with its simulated radio, in a running gateway Agent,
+on the simulated medium (hil/medium.py) as a real process on 127.0.0.1.
+
+- A real node: the firmware's leak node on the sim board (hil/simboard.py), LoRa at SF7: its
+  readings are stored, a downlink goes out in its RX window, the node applies it, and its next
+  uplink confirms it; the medium's own audit counts the gateway's frames.
+- Test radios built on our protocol/ code speak the medium's datagrams to reach the corners:
+  a CON answered (and its retransmission answered from the cache, stored once), a NON with
+  nothing to say left unanswered, refusals counted, an Echo round after a restart that lost
+  the replay window, a reply the duty-cycle ledger forbids left unsent (and not confirmed).
+- A lamp in continuous receive (the firmware's lamp server, on MicroPython) woken by its
+  neighbour's presence over the air.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil.simboard import SimNode
+from protocol import airtime, cbor, coap, oscore, schema
+from protocol.oscore_client import DONE, Exchange
+from tests.firmware.node_support import MediumProcess, need_micropython
+from tests.gateway.fakes import eventually
+from tests.gateway.link_support import GATEWAY_ID, SALT, LiveGateway, secret_of
+
+FREQ = 868_100_000
+CHANNEL = {"freq": FREQ, "sf": 7, "bw": 125_000}
+LORA = {"mode": "sim", "spreading_factor": 7, "frequency_mhz": 868.1}
+EPOCH = 1_700_000_000
+
+
+@pytest.fixture
+def medium() -> Iterator[MediumProcess]:
+    m = MediumProcess("--time-scale", "20", "--seed", "5")
+    yield m
+    m.stop()
+
+
+def lora_gateway(tmp_path: Path, medium: MediumProcess, nodes: dict[str, Any], **kw: Any):
+    lora = {**LORA, "sim_medium": f"127.0.0.1:{medium.port}", "sim_position": [0, 0]}
+    return LiveGateway(tmp_path, nodes, coap=False, lora=lora, **kw)
+
+
+class TestRadio:
+    """A node's radio on the medium, and its OSCORE context (our protocol/ code)."""
+
+    __test__ = False
+
+    def __init__(self, medium: MediumProcess, kid: bytes, pos: tuple[float, float] = (120, 0)):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.medium = ("127.0.0.1", medium.port)
+        self.pos = list(pos)
+        self.context = oscore.SecurityContext(secret_of(kid), kid, GATEWAY_ID, SALT)
+        self.mid = 0x100
+
+    def send(self, op: str, **fields: Any) -> None:
+        msg = {**CHANNEL, "op": op, "pos": self.pos, **fields}
+        self.sock.sendto(json.dumps(msg).encode(), self.medium)
+
+    def tx(self, frame: bytes) -> None:
+        self.send("tx", data=frame.hex(), t=int(time.time() * 1000), grace_ms=3000)
+
+    def frames(self, timeout: float = 1.0) -> list[bytes]:
+        """Frames heard until `timeout` passes without one."""
+        out = []
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                msg = json.loads(self.sock.recvfrom(4096)[0])
+            except TimeoutError:
+                return out
+            if msg["op"] == "rx":
+                out.append(bytes.fromhex(msg["data"]))
+
+    def request(self, records: list[dict[str, Any]], mtype: int = coap.NON) -> bytes:
+        self.mid += 1
+        body = cbor.dumps(schema.encode_uplink(records))
+        return coap.Message(
+            mtype,
+            coap.POST,
+            self.mid,
+            b"\xa0" + bytes((self.mid & 0xFF,)),
+            coap.uri_path_options("u"),
+            body,
+        ).encode()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def leak(seq: int) -> dict[str, Any]:
+    return {"type": "leak", "volume_l": 100 + seq, "flow_lh": 0, "seq": seq}
+
+
+def test_a_firmware_node_over_lora_is_stored_and_gets_its_downlink(
+    tmp_path: Path, medium: MediumProcess
+) -> None:
+    need_micropython()
+    gw = lora_gateway(tmp_path, medium, {"leak-9": ("leak", b"\x09")}).start()
+    try:
+        node = SimNode(tmp_path / "node")
+        node.config(
+            {
+                "node_id": "leak-9",
+                "kind": "leak",
+                "link": "lora",
+                # 10 s on the node's clock, 0.5 s of real time at speed 20: room for an fsync
+                "lora": {"sf": 7, "rx_window_ms": 10000},
+                "oscore": {
+                    "secret": secret_of(b"\x09").hex(),
+                    "salt": SALT.hex(),
+                    "sender_id": "09",
+                    "recipient_id": GATEWAY_ID.hex(),
+                },
+            }
+        )
+        node.board(speed=20, epoch_s=EPOCH, medium=["127.0.0.1", medium.port], position=[300, 0])
+        node.scenario(
+            {
+                "start": EPOCH,
+                "signals": {"pulse_rate:34": 0.01, "adc:35": 3000000, "adc:36": 1600000},
+            }
+        )
+        agent = gw.agent
+        assert agent is not None
+        down = gw.call(agent.downlinks.enqueue("leak-9", {"type": "leak_config", "pulse_ml": 2000}))
+        runs = node.cycles(3)
+        for run in runs:
+            assert "link:" not in run.output and "refused" not in run.output, run.output
+        stored = gw.stored()
+        seqs = sorted(int(rid.split(":")[1]) for rid in stored)
+        assert seqs == list(range(len(seqs))) and len(seqs) >= 3
+        assert all(rid.startswith("leak-9:") for rid in stored)
+        kinds = {r["kind"] for r in stored.values()}
+        assert kinds == {"leak", "status"}
+        # applied by the node, and confirmed by its next uplink
+        config = json.loads((node.folder / "config.json").read_text())
+        assert config["kind_config"] == {"pulse_ml": 2000}
+        assert gw.downlink_states() == {down.id: "confirmed"}
+        state = gw.call(agent.status.get("leak-9"))
+        assert state is not None and state.link == "lora" and state.rssi_dbm is not None
+        # one answer, for the uplink the downlink rode on: NONs with nothing to say get none
+        assert medium.stats()["senders"]["0,0"]["M"]["frames"] == 1
+        assert gw.all_refusals() == {}
+    finally:
+        gw.close()
+
+
+def test_con_is_answered_once_stored_and_a_retransmission_answered_from_the_cache(
+    tmp_path: Path, medium: MediumProcess
+) -> None:
+    gw = lora_gateway(tmp_path, medium, {"bin-4": ("binfill", b"\x04")}).start()
+    radio = TestRadio(medium, b"\x04")
+    try:
+        radio.send("listen", ms=20000)
+        alarm = {"type": "alarm", "alarm": "bin_fire", "value": 652, "seq": 1}
+        exchange = Exchange(radio.context, radio.request([alarm], coap.CON))
+        frame = exchange.first()
+        radio.tx(frame)
+        (answer,) = radio.frames()
+        reply = coap.decode(answer)
+        assert reply.type == coap.ACK and reply.mid == coap.decode(frame).mid
+        action, plain = exchange.on_response(answer)
+        assert action == DONE and coap.decode(plain).code == coap.CHANGED
+        assert gw.stored() == {
+            "bin-4:1": {
+                "kind": "alarm",
+                "alarm": True,
+                "data": {
+                    "type": "alarm",
+                    "alarm": "bin_fire",
+                    "active": True,
+                    "value": 652,
+                    "seq": 1,
+                    "age_s": 0,
+                },
+            }
+        }
+        # the ACK was "lost": the node sends the same frame again and gets the same answer
+        radio.tx(frame)
+        assert radio.frames() == [answer]
+        assert gw.refusals("lora", "replay") == 0 and len(gw.stored()) == 1
+        # a routine NON with nothing waiting: stored, and no airtime spent on an answer
+        radio.tx(radio.context.protect_request(radio.request([leak(2)])))
+        assert radio.frames() == []
+        gw.call(eventually(lambda: len(gw.stored()) == 2))
+        assert gw.agent is not None
+        assert gw.metrics.readings_in.labels("lora")._value.get() == 2
+        rssi = gw.metrics.rssi.labels("lora")._sum.get()
+        assert -100 < rssi / 2 < -30  # 120 m away on the medium's path loss
+    finally:
+        radio.close()
+        gw.close()
+
+
+def test_lora_refusals_are_counted(tmp_path: Path, medium: MediumProcess) -> None:
+    gw = lora_gateway(tmp_path, medium, {"bin-4": ("binfill", b"\x04")}).start()
+    radio = TestRadio(medium, b"\x04")
+    stranger = TestRadio(medium, b"\x66", pos=(50, 50))
+    wrong_key = TestRadio(medium, b"\x04", pos=(60, 0))
+    wrong_key.context = oscore.SecurityContext(bytes(16), b"\x04", GATEWAY_ID, SALT)
+    try:
+        good = radio.context.protect_request(radio.request([leak(1)]))
+        radio.tx(good)
+        gw.call(eventually(lambda: len(gw.stored()) == 1))
+        radio.tx(good)  # a replayed NON
+        gw.call(eventually(lambda: gw.refusals("lora", "replay") == 1))
+        stranger.tx(stranger.context.protect_request(stranger.request([leak(1)])))
+        gw.call(eventually(lambda: gw.refusals("lora", "unknown_kid") == 1))
+        wrong_key.tx(wrong_key.context.protect_request(wrong_key.request([leak(1)])))
+        gw.call(eventually(lambda: gw.refusals("lora", "bad_tag") == 1))
+        radio.tx(b"\x00not coap at all")
+        gw.call(eventually(lambda: gw.refusals("lora", "malformed") == 1))
+        radio.tx(radio.context.protect_request(radio.request([leak(2)])[:-2] + b"\xff\xff"))
+        gw.call(eventually(lambda: gw.refusals("lora", "malformed") == 2))
+        big = radio.request([leak(i) for i in range(21)])  # 235 bytes: over SF7's 222
+        radio.tx(radio.context.protect_request(big))
+        gw.call(eventually(lambda: gw.refusals("lora", "oversized") == 1))
+        assert len(gw.stored()) == 1
+        assert gw.all_refusals() == {
+            ("lora", "replay"): 1,
+            ("lora", "unknown_kid"): 1,
+            ("lora", "bad_tag"): 1,
+            ("lora", "malformed"): 2,
+            ("lora", "oversized"): 1,
+        }
+    finally:
+        for r in (radio, stranger, wrong_key):
+            r.close()
+        gw.close()
+
+
+def test_echo_round_after_a_restart_that_lost_the_replay_window(
+    tmp_path: Path, medium: MediumProcess
+) -> None:
+    gw = lora_gateway(tmp_path, medium, {"bin-4": ("binfill", b"\x04")})
+    # as aiocoap leaves it after a crash: the window is not known
+    (gw.config.security.keys_dir / "bin-4" / "sequence.json").write_text(
+        json.dumps({"next-to-send": 20, "received": "unknown"})
+    )
+    gw.start()
+    radio = TestRadio(medium, b"\x04")
+    try:
+        radio.send("listen", ms=20000)
+        exchange = Exchange(radio.context, radio.request([leak(5)]))  # even a NON
+        radio.tx(exchange.first())
+        (challenge,) = radio.frames()
+        _, again = exchange.on_response(challenge)
+        assert exchange.echo_retried and gw.stored() == {}
+        radio.tx(again)
+        assert radio.frames() == []  # served: a NON with nothing to say
+        gw.call(eventually(lambda: set(gw.stored()) == {"bin-4:5"}))
+        assert gw.all_refusals() == {}  # the challenge is recovery, not a refusal
+    finally:
+        radio.close()
+        gw.close()
+
+
+def test_a_reply_the_duty_cycle_forbids_is_not_sent_and_confirms_nothing(
+    tmp_path: Path, medium: MediumProcess
+) -> None:
+    gw = lora_gateway(tmp_path, medium, {"bin-4": ("binfill", b"\x04")})
+    # The last hour's 36 s of sub-band M are spent (a ledger saved by an earlier life).
+    ledger = airtime.DutyCycleLedger(255)
+    now = time.time()
+    for i in range(36):
+        ledger.record(FREQ, 1000, now - 3500 + i * 60)
+    (gw.config.data_dir / "lora-ledger.bin").write_bytes(ledger.to_bytes())
+    gw.start()
+    radio = TestRadio(medium, b"\x04")
+    try:
+        agent = gw.agent
+        assert agent is not None
+        down = gw.call(agent.downlinks.enqueue("bin-4", {"type": "binfill_config", "full_pct": 80}))
+        radio.send("listen", ms=20000)
+        radio.tx(radio.context.protect_request(radio.request([leak(1)])))
+        assert radio.frames() == []  # stored, but the answer would overrun the budget
+        assert len(gw.stored()) == 1
+        radio.tx(radio.context.protect_request(radio.request([leak(2)])))
+        assert radio.frames() == []
+        gw.call(eventually(lambda: len(gw.stored()) == 2))
+        # never delivered, so never confirmed: it waits for a window the ledger allows
+        assert gw.downlink_states() == {down.id: "sent"}
+        link = agent.links[0]
+        assert getattr(link, "duty_cycle_refused", 0) == 2
+        assert medium.stats()["senders"].get("0,0") is None  # the gateway kept silent
+    finally:
+        radio.close()
+        gw.close()
+
+
+def test_presence_wakes_a_lora_lamp_in_continuous_receive(
+    mpy: Any, tmp_path: Path, medium: MediumProcess
+) -> None:
+    nodes = {"lamp-1": ("lighting", b"\x31"), "lamp-2": ("lighting", b"\x32")}
+    gw = lora_gateway(tmp_path, medium, nodes, node_config={"lamp-1": {"neighbours": ["lamp-2"]}})
+    gw.start()
+    peers = mpy.module("tests.gateway.lamp_peer")
+    lamp = peers.LoRaLamp(
+        medium.port, [200, 0], CHANNEL, (secret_of(b"\x32"), b"\x32", GATEWAY_ID, SALT)
+    )
+    radio = TestRadio(medium, b"\x31", pos=(150, 0))
+    try:
+        lamp.listen()
+        started = time.monotonic()
+        presence = {"type": "event", "event": "presence", "count": 2, "seq": 3}
+        radio.tx(radio.context.protect_request(radio.request([presence])))
+        commands = lamp.serve(3000, 1)
+        elapsed = time.monotonic() - started
+        assert commands == [{"type": "command", "command": "wake"}]
+        assert elapsed < 1.0, f"neighbour lit after {elapsed:.2f} s"
+        gw.call(eventually(lambda: list(gw.downlink_states().values()) == ["confirmed"]))
+        assert lamp.server.served == 1 and lamp.server.fresh  # after one Echo round
+        print(f"LoRa lamp woken {elapsed * 1000:.0f} ms after the presence frame")
+    finally:
+        lamp.close()
+        radio.close()
+        gw.close()
