@@ -8,8 +8,8 @@ entity failed), and checks every entity on the way in:
   Relationship (with `object`); `observedAt` an RFC 3339 UTC time;
 - its `@context`: the entity type's Smart Data Models context URL (the NGSI-LD core context,
   if listed, last), and every attribute name a term that context defines (read from the local
-  copies in shared/ref/smart-data-models/contexts/, never fetched);
-- the official JSON Schema of its type, from shared/ref/smart-data-models/<Type>/schema.json,
+  copies in tests/gateway/smart_data_models/contexts/, never fetched);
+- the official JSON Schema of its type, from tests/gateway/smart_data_models/<Type>/schema.json,
   with every `$ref` target (common-schema.json, device-schema.json) registered locally through
   `referencing`, so nothing is fetched. Those schemas describe the key-values form of an
   entity (attributes as bare values), so what is validated is the key-values projection of the
@@ -41,8 +41,8 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-ROOT = Path(__file__).resolve().parents[2]
-SDM = ROOT.parent / "shared" / "ref" / "smart-data-models"
+# A copy of shared/ref/smart-data-models kept beside the tests (see its SOURCES.md).
+SDM = Path(__file__).resolve().parent / "smart_data_models"
 UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
 CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
 SDM_CONTEXT = re.compile(

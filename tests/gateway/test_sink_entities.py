@@ -1,7 +1,7 @@
 """Readings -> Smart Data Models entities and the MQTT/spool JSON document.
 
 Every entity produced is checked by the same EntityChecker the test NGSI-LD broker uses: the
-official JSON Schema of its type from shared/ref/smart-data-models (validated on the key-values
+official JSON Schema of its type from tests/gateway/smart_data_models (validated on the key-values
 projection of the normalized entity, since that is the form those schemas describe), its
 @context and the terms that context defines, and the normalized NGSI-LD form.
 """
