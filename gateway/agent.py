@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from gateway import systemd
+from gateway import systemd, timesync
 from gateway.config import GatewayConfig
 from gateway.downlinks import SCHEMA as DOWNLINKS_SCHEMA
 from gateway.downlinks import Downlink, Downlinks
@@ -182,6 +182,13 @@ class Agent:
         self._every("registry-refresh", REGISTRY_REFRESH_S, self.registry.refresh)
         expiry_period = min(60.0, max(1.0, self.config.downlinks.expiry_s / 10))
         self._every("downlink-expiry", expiry_period, self.downlinks.expire)
+        self.time_sync = timesync.install(
+            self.config.time_sync,
+            self.registry,
+            self.downlinks,
+            self.pipeline.listeners,
+            self._spawn,
+        )
         context = LinkContext(
             self.config, self.pipeline, self.registry, self.downlinks, self.metrics
         )

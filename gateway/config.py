@@ -17,6 +17,7 @@ import ipaddress
 import math
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,12 @@ class DownlinksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TimeSyncConfig:
+    time_zone: str  # IANA name of the site's zone (e.g. Europe/Brussels); "" = no time sync
+    period_s: float  # a node's clock is set again when its last sync is older than this
+
+
+@dataclass(frozen=True, slots=True)
 class HTTPConfig:
     enabled: bool
     bind: str
@@ -166,6 +173,7 @@ class GatewayConfig:
     sinks: SinksConfig
     forwarding: ForwardingConfig
     downlinks: DownlinksConfig
+    time_sync: TimeSyncConfig
     http: HTTPConfig
     logging: LoggingConfig
     source: Path | None  # the file it came from, for messages
@@ -322,6 +330,19 @@ def _position(key: str, value: Any) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
+def _time_zone(key: str, name: str) -> str:
+    """An IANA time zone the system's tz database knows (checked now, not at the first sync)."""
+    if not name:
+        return name
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(
+            key, f'unknown time zone {name!r} (an IANA name such as "Europe/Brussels" or "UTC")'
+        ) from None
+    return name
+
+
 _PIN = r"[A-Z][A-Z0-9_]{0,15}"
 
 
@@ -398,6 +419,13 @@ def from_mapping(raw: Mapping[str, Any], source: Path | None = None) -> GatewayC
     downlinks = DownlinksConfig(expiry_s=down_s.number("expiry_s", 86400.0, 1.0, 90 * 86400.0))
     down_s.finish()
 
+    sync_s = top.section("time_sync")
+    time_sync = TimeSyncConfig(
+        time_zone=_time_zone(sync_s.key("time_zone"), sync_s.text("time_zone", "")),
+        period_s=sync_s.number("period_s", 86400.0, 600.0, 30 * 86400.0),
+    )
+    sync_s.finish()
+
     http_s = top.section("http")
     http = HTTPConfig(
         enabled=http_s.boolean("enabled", True),
@@ -427,6 +455,7 @@ def from_mapping(raw: Mapping[str, Any], source: Path | None = None) -> GatewayC
         sinks=sinks,
         forwarding=forwarding,
         downlinks=downlinks,
+        time_sync=time_sync,
         http=http,
         logging=logging,
         source=source,

@@ -33,6 +33,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -40,6 +41,7 @@ import aiocoap
 from aiocoap import error
 from aiocoap.numbers.contentformat import ContentFormat
 
+from gateway import timesync
 from gateway.config import LoRaLinkConfig
 from gateway.downlinks import Downlink
 from gateway.links.base import LinkContext, UplinkRefused
@@ -113,7 +115,8 @@ class LoRaLink:
         self.duty_cycle_refused = 0  # transmissions the ledger did not allow
         self.sent_frames = 0
         self._replies: OrderedDict[bytes, bytes | None] = OrderedDict()  # None: in progress
-        self._waiting: dict[bytes, asyncio.Future[bytes]] = {}  # push token -> its answer
+        self._waiting: dict[bytes, _Push] = {}  # push token -> the push awaiting its answer
+        self.push_answers_ignored = 0  # frames with a push's token that its lamp did not send
         self._tx_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -177,9 +180,7 @@ class LoRaLink:
             self.refuse("malformed", detail=f"not a CoAP message: {exc}")
             return
         if not outer.code.is_request():
-            waiting = self._waiting.get(outer.token)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(frame)
+            self._answer_push(outer)
             return  # someone else's answer, an ACK or a reset: not an uplink
         if frame in self._replies:
             reply = self._replies[frame]
@@ -252,7 +253,7 @@ class LoRaLink:
             ), []
         self.wake.after_commit(uplink)
         room = self.max_frame - _RESPONSE_OVERHEAD - len(request.outer.token)
-        payload, included = encode_downlinks(downlinks, room)
+        payload, included = encode_downlinks(timesync.fresh(downlinks, self.clock()), room)
         if not payload and not confirmable:
             self.deliveries.delivered(node_id, ())
             return None, []
@@ -292,6 +293,7 @@ class LoRaLink:
             now = self.clock()
             if not self.ledger.can_send(self.freq_hz, toa, now, self.bw_hz):
                 self.duty_cycle_refused += 1
+                self.context.metrics.duty_cycle_refused.inc()
                 wait = self.ledger.wait_s(self.freq_hz, toa, now, self.bw_hz)
                 log.warning("duty cycle: %d-byte frame not sent (wait %.0f s)", len(frame), wait)
                 return False
@@ -311,10 +313,11 @@ class LoRaLink:
         if context is None:
             return False
         room = self.max_frame - _RESPONSE_OVERHEAD - 9  # a request: kid and Partial IV too
-        payload, included = encode_downlinks(downlinks, room)
+        payload, included = encode_downlinks(timesync.fresh(downlinks, self.clock()), room)
         if not payload:
             return False
         echo: bytes | None = None
+        loop = asyncio.get_running_loop()
         for _ in range(2):  # the second round answers a rebooted lamp's Echo challenge
             message = aiocoap.Message(
                 code=aiocoap.POST,
@@ -328,32 +331,62 @@ class LoRaLink:
             protected.mtype = aiocoap.CON
             protected.mid = _new_mid()
             protected.token = secrets.token_bytes(4)
-            answer = await self._exchange(protected.token, protected.encode())
-            if answer is None:
+            push = _Push(node_id, context, request_id, loop.create_future())
+            plain = await self._exchange(push, protected.token, protected.encode())
+            if plain is None:
                 return False
-            plain, _ = context.unprotect(aiocoap.Message.decode(answer), request_id)
             if plain.code == aiocoap.UNAUTHORIZED and plain.opt.echo is not None:
                 echo = plain.opt.echo
                 continue
             return bool(plain.code == aiocoap.CHANGED) and len(included) == len(downlinks)
         return False
 
-    async def _exchange(self, token: bytes, frame: bytes) -> bytes | None:
-        """Send a CON until its answer comes back (same bytes each time, as CoAP retransmits)."""
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting[token] = future
+    async def _exchange(self, push: _Push, token: bytes, frame: bytes) -> aiocoap.Message | None:
+        """Send a CON until its verified answer comes back (same bytes each time, as CoAP
+        retransmits); the answer's plaintext, or None when none came in time."""
+        self._waiting[token] = push
         try:
             for attempt in range(PUSH_TRIES):
                 if not await self.transmit(frame):
                     return None
                 timeout = 1.0 + 3 * self.airtime_ms(len(frame)) / 1000 * (attempt + 1)
                 try:
-                    return await asyncio.wait_for(asyncio.shield(future), timeout)
+                    return await asyncio.wait_for(asyncio.shield(push.answer), timeout)
                 except TimeoutError:
                     continue
             return None
         finally:
             self._waiting.pop(token, None)
+
+    def _answer_push(self, outer: aiocoap.Message) -> None:
+        """Hand a response heard on the air to the push it answers, if it is that answer.
+
+        Every lamp in range hears every push, and one that cannot unprotect it (not its key)
+        answers an unprotected 4.01 with the same token (RFC 8613 section 8.2); a token may
+        also match by chance. Only a frame that the pushed lamp's context verifies as the
+        response to this very request (OSCORE binds it to the request's kid and Partial IV)
+        is the answer; anything else is ignored, and the push waits on until its timeout.
+        """
+        push = self._waiting.get(outer.token)
+        if push is None or push.answer.done() or not outer.code.is_response():
+            return
+        try:
+            plain, _ = push.context.unprotect(outer, push.request_id)
+        except Exception as exc:  # noqa: BLE001 - any frame may come over the air: not ours
+            self.push_answers_ignored += 1
+            log.debug("a frame with the token of the push to %s ignored: %r", push.node_id, exc)
+            return
+        push.answer.set_result(plain)
+
+
+@dataclass(frozen=True, slots=True)
+class _Push:
+    """A request pushed to a lamp, waiting for the answer its OSCORE context verifies."""
+
+    node_id: str
+    context: Any  # the lamp's aiocoap OSCORE security context
+    request_id: Any  # aiocoap's RequestIdentifiers of the protected request
+    answer: asyncio.Future[aiocoap.Message]
 
 
 def _new_mid() -> int:

@@ -11,6 +11,12 @@ anything else leaves it queued for the lamp's next uplink response.
 
 Each link runs one `NeighbourWake` for the uplinks it receives (an uplink arrives on exactly
 one link, so no presence is handled twice) and one `Pusher` for the nodes it reaches.
+
+One presence event wakes the neighbours once, while the walker is still there: the same event
+arrives again whenever the lamp resends it (a lost answer, records re-packed under a new OSCORE
+sequence number after an Echo round), so events are recognised by their stable reading id;
+and an event the lamp held back (its `age_s`: buffered through an outage) is older than the
+walk it reports, so one older than `PRESENCE_FRESH_S` wakes nobody.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -28,6 +35,13 @@ from gateway.registry import Node, Registry
 log = logging.getLogger(__name__)
 
 WAKE_TTL_S = 30.0  # a wake-up is useless once the walker has passed
+# A walker crosses between two lamps in a few seconds: an event older than this reports a
+# walk that is over (the lamps' default hold is 60 s, but the light must run AHEAD of them).
+PRESENCE_FRESH_S = 5
+# Presence events remembered for deduplication: a lamp resends an event within seconds or
+# minutes, and a lamp sends at most one per `event_gap_s` (10 s), so a few hundred per link
+# cover every lamp's recent events many times over.
+SEEN_EVENTS = 1024
 PUSH_BATCH = 8  # downlinks per pushed request
 
 
@@ -68,6 +82,10 @@ class _Tasks:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
 
+    async def join(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def close(self) -> None:
         self.closed = True
         for task in list(self._tasks):
@@ -76,23 +94,49 @@ class _Tasks:
 
 
 class NeighbourWake:
-    """Presence event from a node -> a `wake` command queued for each of its neighbours."""
+    """Fresh presence event from a node -> a `wake` command queued for each of its neighbours
+    (once per event, however often it arrives)."""
 
     def __init__(self, registry: Registry, downlinks: Downlinks) -> None:
         self.registry = registry
         self.downlinks = downlinks
         self.queued = 0
+        self.repeated = 0  # presence events that arrived again: no second wake-up
+        self.stale = 0  # presence events too old to wake anybody
+        self._seen: OrderedDict[str, None] = OrderedDict()  # reading ids, oldest first
         self._tasks = _Tasks()
 
     def after_commit(self, uplink: Uplink) -> None:
         """Call once the uplink is committed (and acknowledged): never delays the node."""
-        if not any(
-            r.kind == "event" and r.data.get("event") == "presence" for r in uplink.readings
-        ):
+        fresh = False
+        for reading in uplink.readings:
+            if reading.kind != "event" or reading.data.get("event") != "presence":
+                continue
+            if reading.reading_id in self._seen:
+                self.repeated += 1
+                continue
+            self._remember(reading.reading_id)
+            if reading.age_s > PRESENCE_FRESH_S:
+                self.stale += 1
+                log.debug(
+                    "presence %s is %d s old: nobody woken", reading.reading_id, reading.age_s
+                )
+                continue
+            fresh = True
+        if not fresh:
             return
         for neighbour in neighbours_of(self.registry.get(uplink.node_id)):
             if listens_always(self.registry.get(neighbour)):
                 self._tasks.spawn(self._wake(neighbour, uplink.node_id), f"wake {neighbour}")
+
+    def _remember(self, reading_id: str) -> None:
+        self._seen[reading_id] = None
+        if len(self._seen) > SEEN_EVENTS:
+            self._seen.popitem(last=False)
+
+    async def join(self) -> None:
+        """Wait for the wake-ups queued so far (tests, and anyone who must see them stored)."""
+        await self._tasks.join()
 
     async def _wake(self, node_id: str, source: str) -> None:
         command = {"type": "command", "command": "wake"}

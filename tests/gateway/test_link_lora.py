@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,18 +138,22 @@ def test_a_firmware_node_over_lora_is_stored_and_gets_its_downlink(
             assert "link:" not in run.output and "refused" not in run.output, run.output
         stored = gw.stored()
         seqs = sorted(int(rid.split(":")[1]) for rid in stored)
-        assert seqs == list(range(len(seqs))) and len(seqs) >= 3
+        # every record counter once; the one missing is the node's ack (not a reading)
+        assert len(seqs) >= 3 and len(set(range(seqs[-1] + 1)) - set(seqs)) == 1
         assert all(rid.startswith("leak-9:") for rid in stored)
         kinds = {r["kind"] for r in stored.values()}
         assert kinds == {"leak", "status"}
-        # applied by the node, and confirmed by its next uplink
+        # applied by the node, and confirmed by id by the ack it sent straight after
         config = json.loads((node.folder / "config.json").read_text())
         assert config["kind_config"] == {"pulse_ml": 2000}
         assert gw.downlink_states() == {down.id: "confirmed"}
+        (settled,) = gw.call(agent.downlinks.list("leak-9"))
+        assert (settled.wire_id, settled.attempts) == (1, 1)  # never sent twice
         state = gw.call(agent.status.get("leak-9"))
         assert state is not None and state.link == "lora" and state.rssi_dbm is not None
-        # one answer, for the uplink the downlink rode on: NONs with nothing to say get none
-        assert medium.stats()["senders"]["0,0"]["M"]["frames"] == 1
+        # two answers: the one the downlink rode on, and the ACK to the confirmable ack;
+        # routine NONs with nothing to say get none
+        assert medium.stats()["senders"]["0,0"]["M"]["frames"] == 2
         assert gw.all_refusals() == {}
     finally:
         gw.close()
@@ -291,6 +296,7 @@ def test_a_reply_the_duty_cycle_forbids_is_not_sent_and_confirms_nothing(
         assert gw.downlink_states() == {down.id: "sent"}
         link = agent.links[0]
         assert getattr(link, "duty_cycle_refused", 0) == 2
+        assert b"city_gateway_lora_duty_cycle_refused_total 2.0" in gw.metrics.render()
         assert medium.stats()["senders"].get("0,0") is None  # the gateway kept silent
     finally:
         radio.close()
@@ -315,12 +321,126 @@ def test_presence_wakes_a_lora_lamp_in_continuous_receive(
         radio.tx(radio.context.protect_request(radio.request([presence])))
         commands = lamp.serve(3000, 1)
         elapsed = time.monotonic() - started
-        assert commands == [{"type": "command", "command": "wake"}]
+        assert commands == [{"type": "command", "command": "wake", "id": 1}]
         assert elapsed < 1.0, f"neighbour lit after {elapsed:.2f} s"
         gw.call(eventually(lambda: list(gw.downlink_states().values()) == ["confirmed"]))
         assert lamp.server.served == 1 and lamp.server.fresh  # after one Echo round
+        assert lamp.node.queued == [({"type": "ack", "confirm": [1]}, True)]
         print(f"LoRa lamp woken {elapsed * 1000:.0f} ms after the presence frame")
     finally:
         lamp.close()
         radio.close()
+        gw.close()
+
+
+class AirLamp:
+    """A lamp in continuous receive on the medium, in a thread of this process: the firmware's
+    own lamp server (firmware/node/mains.py, our protocol/ OSCORE) answers every request it
+    hears, `delay_s` after hearing it. Like a real lamp, it answers a push meant for another
+    lamp (which it cannot unprotect) with an unprotected 4.01 carrying the same token."""
+
+    def __init__(
+        self,
+        medium: MediumProcess,
+        kid: bytes,
+        pos: tuple[float, float],
+        delay_s: float,
+        node: Any = None,
+    ) -> None:
+        # imported here: lamp_peer takes over the lamp code's print() in this process
+        from firmware.node.mains import Server
+        from tests.gateway.lamp_peer import LampNode
+
+        self.radio = TestRadio(medium, kid, pos)
+        self.node = LampNode() if node is None else node
+        self.server = Server(self.node, self.radio.context)
+        self.delay_s = delay_s
+        self.answers: list[bytes] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        sock = self.radio.sock
+        sock.settimeout(0.2)
+        renewed = 0.0
+        while not self.stopped.is_set():
+            if time.monotonic() - renewed > 2:
+                self.radio.send("listen", ms=5000)
+                renewed = time.monotonic()
+            try:
+                msg = json.loads(sock.recvfrom(4096)[0])
+            except (TimeoutError, OSError):
+                continue
+            if msg["op"] == "txdone":
+                renewed = 0.0  # half duplex: back to receiving once the answer is out
+            if msg["op"] != "rx":
+                continue
+            out: list[bytes] = []
+            self.server.handle(bytes.fromhex(msg["data"]), out.append)
+            for frame in out:
+                time.sleep(self.delay_s)
+                self.answers.append(frame)
+                self.radio.send("tx", data=frame.hex(), t=int(time.time() * 1000), grace_ms=0)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.radio.close()
+
+
+def test_a_push_takes_only_its_own_lamps_verified_answer(
+    tmp_path: Path, medium: MediumProcess
+) -> None:
+    """lamp-3 hears the push to lamp-2 first and answers it (an unprotected 4.01, same token);
+    the gateway ignores that and takes lamp-2's own protected answers (its Echo challenge,
+    then 2.04), arriving later within the push's timeout."""
+    nodes = {"lamp-2": ("lighting", b"\x32"), "lamp-3": ("lighting", b"\x33")}
+    gw = lora_gateway(tmp_path, medium, nodes).start()
+    stranger = AirLamp(medium, b"\x33", (40, 0), delay_s=0.05)  # near the gateway, and quick
+    lamp = AirLamp(medium, b"\x32", (200, 0), delay_s=0.4)
+    try:
+        agent = gw.agent
+        assert agent is not None
+        link: Any = agent.links[0]
+        down = gw.call(agent.downlinks.enqueue("lamp-2", {"type": "command", "command": "wake"}))
+        gw.call(eventually(lambda: gw.downlink_states() == {down.id: "confirmed"}))
+        (command,) = lamp.node.kind.commands
+        assert (command["type"], command["command"]) == ("command", "wake")
+        assert lamp.server.fresh and lamp.server.served == 1  # after one Echo round
+        # the stranger answered both requests (the Echo round's and the repeat) first
+        assert [coap.decode(a).code for a in stranger.answers] == [coap.UNAUTHORIZED] * 2
+        assert len(stranger.node.errors) == 2
+        assert all(e.startswith("push refused:") for e in stranger.node.errors)
+        assert link.push_answers_ignored == 2
+        assert (link.pusher.pushed, link.pusher.failed) == (1, 0)
+        assert stranger.node.kind.commands == []
+    finally:
+        lamp.close()
+        stranger.close()
+        gw.close()
+
+
+def test_a_push_nobody_verifiably_answers_times_out_and_waits_for_the_next_uplink(
+    tmp_path: Path, medium: MediumProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the stranger answers: the push keeps waiting, retransmits, then gives up quietly;
+    the downlink stays for lamp-2's next uplink response."""
+    nodes = {"lamp-2": ("lighting", b"\x32"), "lamp-3": ("lighting", b"\x33")}
+    gw = lora_gateway(tmp_path, medium, nodes).start()
+    stranger = AirLamp(medium, b"\x33", (40, 0), delay_s=0.05)
+    try:
+        agent = gw.agent
+        assert agent is not None
+        link: Any = agent.links[0]
+        started = time.monotonic()
+        down = gw.call(agent.downlinks.enqueue("lamp-2", {"type": "command", "command": "wake"}))
+        gw.call(eventually(lambda: link.pusher.failed == 1, timeout=15))
+        elapsed = time.monotonic() - started
+        assert elapsed > 3.0  # every try waited its full timeout despite the stranger's answers
+        assert len(stranger.answers) == 3 == link.push_answers_ignored  # one per transmission
+        assert gw.downlink_states() == {down.id: "sent"}
+        assert not [r for r in caplog.records if "push to lamp-2 failed" in r.getMessage()]
+    finally:
+        stranger.close()
         gw.close()
