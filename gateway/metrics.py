@@ -51,6 +51,12 @@ class Metrics:
         self.downlinks = Counter(
             p + "downlinks", "Downlink state changes, by new state", ["state"], registry=r
         )
+        self.duty_cycle_refused = Counter(
+            p + "lora_duty_cycle_refused",
+            "LoRa frames (replies in RX windows, pushes) not sent: the EU868 duty-cycle ledger"
+            " had no airtime left in the sub-band",
+            registry=r,
+        )
         self.rssi = Histogram(
             p + "rssi_dbm",
             "Received signal strength of uplinks, by link",

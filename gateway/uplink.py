@@ -5,18 +5,20 @@
           --encode_downlinks()--> the response payload (protocol.schema downlink array)
 
 - `decode_uplink` turns an authenticated payload into an `Uplink`: CBOR (cbor2) then
-  protocol.schema. Anything wrong is `UplinkRefused("malformed")` whose detail starts with
-  "cbor:" or "schema:" so the node's operator (and the 4.00 response) can tell which.
+  protocol.schema. Not CBOR is `UplinkRefused("malformed", "cbor: ...")`, CBOR that is not a
+  message of the schema `UplinkRefused("schema", "schema: ...")`: counted apart, and the 4.00
+  response's diagnostic tells the node's operator which.
 - Reading ids are stable across resends: `<node>:<seq>` when the record carries the node's own
   record counter `seq` (the firmware always sets it, so a reading re-sent under a new OSCORE
   sequence number after an Echo round trip keeps its id), else `<node>:<piv>:<index>`
   (gateway.links.base.make_reading_id), as protocol/schema.py specifies.
-- `Deliveries` confirms downlinks: the schema has no field for a node to list applied downlink
-  ids yet, so a downlink counts as confirmed when the node's *next* accepted uplink arrives
-  after a response that carried it (a node sends its next uplink only after the exchange that
-  carried the response). What it cannot prove: a response lost after the gateway sent it, to
-  a node that then gave up (a NON over LoRa); such a downlink is confirmed without having been
-  applied.
+- Downlink delivery is explicit: `encode_downlinks` puts each downlink's `wire_id` in the
+  record's `id`; the node answers with `ack` records (ids applied, ids refused and why), which
+  `decode_uplink` turns into `Uplink.confirmed_downlinks` (a `Receipts`) instead of readings.
+  The pipeline settles exactly those ids (gateway/downlinks.py). Nothing is inferred from the
+  mere arrival of a later uplink: a response lost on the way is not a delivery.
+  `Deliveries` and `with_confirmations` remain, inert, for links written against the old
+  inference (they confirm nothing).
 - `Keyring` shares one set of loaded OSCORE contexts between the links of one process: a
   context folder may be loaded once only (its lock file), and two objects for the same key
   would reuse sender sequence numbers, i.e. nonces. The last link to close writes the
@@ -26,6 +28,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,7 +40,7 @@ import cbor2
 from aiocoap import oscore
 
 from gateway.downlinks import Downlink
-from gateway.links.base import Uplink, UplinkRefused, make_reading_id
+from gateway.links.base import Receipts, Uplink, UplinkRefused, make_reading_id
 from gateway.records import Reading
 from gateway.security import (
     FD_HEADROOM,
@@ -73,7 +76,8 @@ def decode_uplink(
     snr_db: float | None = None,
     max_downlinks: int = 8,
 ) -> Uplink:
-    """An authenticated payload -> Uplink; UplinkRefused("malformed", "cbor: ..."/"schema: ...")."""
+    """An authenticated payload -> Uplink; UplinkRefused("malformed", "cbor: ...") or
+    UplinkRefused("schema", "schema: ...")."""
     try:
         decoded = cbor2.loads(payload)
     except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
@@ -81,14 +85,23 @@ def decode_uplink(
     try:
         records = schema.decode_uplink(decoded)
     except ValueError as exc:  # SchemaError; and anything odd cbor2 may produce (tags)
-        raise UplinkRefused("malformed", f"schema: {exc}") from None
+        raise UplinkRefused("schema", f"schema: {exc}") from None
     except TypeError as exc:  # unhashable map keys and the like from a hostile encoder
-        raise UplinkRefused("malformed", f"schema: {exc}") from None
+        raise UplinkRefused("schema", f"schema: {exc}") from None
     readings = []
     battery_mv: int | None = None
     firmware: str | None = None
+    confirmed: dict[int, None] = {}  # in the node's order, once each
+    refused: dict[int, str] = {}
     for index, record in enumerate(records):
         kind = str(record["type"])
+        if kind == "ack":
+            # the node's answer about its downlinks: settles the queue, is not a reading
+            for wire_id in record.get("confirm", ()):
+                confirmed[wire_id] = None
+            for wire_id in record.get("refused", ()):
+                refused[wire_id] = str(record["reason"])
+            continue
         readings.append(
             Reading(
                 reading_id=reading_id(node_id, request_seqno, index, record),
@@ -115,23 +128,29 @@ def decode_uplink(
         battery_mv=battery_mv,
         firmware=firmware,
         max_downlinks=max_downlinks,
+        confirmed_downlinks=Receipts([i for i in confirmed if i not in refused], refused),
     )
 
 
 def encode_downlinks(
     downlinks: Sequence[Downlink], max_bytes: int | None = None
 ) -> tuple[bytes, list[int]]:
-    """The downlinks that fit in `max_bytes`, oldest first, as one protocol.schema array.
+    """The downlinks that fit in `max_bytes`, oldest first, as one protocol.schema array, each
+    record carrying the downlink's `wire_id` as its `id` (the node acks by it).
 
-    Returns (payload, ids included). A stored command the schema refuses is left out (and
-    logged): it can never be delivered, and it must not hold back the ones behind it.
+    Returns (payload, gateway row ids included). A stored command the schema refuses is left
+    out (and logged): it can never be delivered, and it must not hold back the ones behind it.
     """
     records: list[Any] = []
     ids: list[int] = []
     size = _ARRAY_OVERHEAD
     for downlink in downlinks:
+        command = dict(downlink.command)
+        command.pop("id", None)  # the number is the gateway's to give
+        if downlink.wire_id:
+            command["id"] = downlink.wire_id
         try:
-            (record,) = schema.encode_downlink(dict(downlink.command))[1:]
+            (record,) = schema.encode_downlink(command)[1:]
         except ValueError as exc:
             log.error("downlink %d for %s is not valid: %s", downlink.id, downlink.node_id, exc)
             continue
@@ -147,42 +166,25 @@ def encode_downlinks(
 
 
 class Deliveries:
-    """Which downlinks went out in the last response to each node, to confirm on its next
-    uplink (module docstring). In memory: after a restart nothing is confirmed implicitly, so
-    those downlinks go out once more, never the other way round."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[int, ...]] = {}
+    """Formerly: the downlinks of the last response to each node, confirmed by its next
+    uplink. That inference confirmed downlinks whose response was lost; nodes now ack by id
+    (module docstring). Inert, so links that still call it change nothing: `confirmed_by`
+    is always empty. Links may drop it."""
 
     def confirmed_by(self, node_id: str) -> tuple[int, ...]:
-        """Ids the node's new uplink confirms (those of the response before it); they stay
-        here until `delivered` records what this uplink's own response carried, so an uplink
-        the store could not commit confirms nothing."""
-        return self._last.get(node_id, ())
+        return ()
 
     def delivered(self, node_id: str, ids: Iterable[int]) -> None:
-        ids = tuple(ids)
-        if ids:
-            self._last[node_id] = ids
-        else:
-            self._last.pop(node_id, None)
+        pass
 
 
 def with_confirmations(uplink: Uplink, ids: Sequence[int]) -> Uplink:
+    """`uplink` also confirming the node's wire ids `ids` (its own refusals kept)."""
     if not ids:
         return uplink
-    return Uplink(
-        node_id=uplink.node_id,
-        link=uplink.link,
-        received_at=uplink.received_at,
-        readings=uplink.readings,
-        confirmed_downlinks=tuple(uplink.confirmed_downlinks) + tuple(ids),
-        rssi_dbm=uplink.rssi_dbm,
-        snr_db=uplink.snr_db,
-        battery_mv=uplink.battery_mv,
-        firmware=uplink.firmware,
-        max_downlinks=uplink.max_downlinks,
-    )
+    refused = uplink.refused_downlinks
+    merged = [i for i in (*uplink.confirmed_downlinks, *ids) if i not in refused]
+    return dataclasses.replace(uplink, confirmed_downlinks=Receipts(dict.fromkeys(merged), refused))
 
 
 @dataclass

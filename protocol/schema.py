@@ -11,6 +11,8 @@ API
     decode_uplink(obj)       -> list  # always a list of validated message dicts
     encode_downlink(records) -> obj
     decode_downlink(obj)     -> list
+    downlink_ids(obj)        -> list  # the ids a downlink that does not decode still carries
+    printable(text, limit)   -> str   # any text made fit for a text field (node errors)
     SchemaError(ValueError)           # .field names the culprit, e.g. "leak.flow_lh"
 
 A message is a plain dict with readable names; "type" picks the record type:
@@ -38,6 +40,11 @@ Uplink records share key 1 `age_s` (seconds since the reading was taken; 0 = now
 reliable clock, the gateway timestamps a record at arrival time minus age_s) and key 2 `seq`
 (the node's own record counter, optional). Kind-specific keys start at 4 (key 3 is reserved).
 
+Downlink records share key 1 `id`: a number the gateway gives each downlink (a 16-bit counter
+per node), optional. A node answers the ids it handled in an `ack` uplink record: `confirm`
+(applied) and `refused` with the `reason`. The ack is the only proof a downlink was applied; it
+goes in the node's next uplink, ahead of its other records.
+
 Stable reading id for the gateway: (node, OSCORE Partial IV of the uplink, index of the record
 in the array). A CoAP retransmission is the byte-identical OSCORE message (same Partial IV), so
 the id holds. A node that re-packs buffered records into a NEW message (new Partial IV) must
@@ -55,6 +62,7 @@ UP_LIGHTING = 3
 UP_BINFILL = 4
 UP_ALARM = 5
 UP_EVENT = 6
+UP_ACK = 7
 
 # Downlink record types.
 DOWN_CONFIG = 0
@@ -69,6 +77,7 @@ DOWN_TIME = 6
 K_TYPE = 0
 K_AGE = 1  # uplink only
 K_SEQ = 2  # uplink only
+K_ID = 1  # downlink only
 K_FIRST = 4  # first kind-specific key
 
 # Enums: the wire code is the index in the tuple.
@@ -87,12 +96,15 @@ ALARMS = (
 )
 EVENTS = ("spot_change", "presence", "bin_emptied")
 COMMANDS = ("reboot", "identify", "bin_emptied", "ack_alarm", "recalibrate", "wake")
+# Why a node refused a downlink (ack record `reason`).
+REFUSALS = ("malformed", "wrong_kind", "invalid", "unsupported", "failed")
 
 # Field value types.
 T_INT = 0  # a, b = inclusive range
 T_BOOL = 1
 T_ENUM = 2  # a = tuple of names
 T_TEXT = 3  # a, b = length range; printable ASCII only
+T_IDS = 4  # an array of downlink ids (0..65535); a, b = length range
 
 
 class _Required:
@@ -106,12 +118,14 @@ REQUIRED = _Required()  # default slot: the field must be present
 U16 = 0xFFFF
 U32 = 0xFFFFFFFF
 I32 = 0x7FFFFFFF
+ERROR_LEN = 32  # longest status `error` text
 
 # A field: (key, name, value type, a, b, default).
 UPLINK_COMMON = (
     (K_AGE, "age_s", T_INT, 0, U32, 0),
     (K_SEQ, "seq", T_INT, 0, U32, None),
 )
+DOWNLINK_COMMON = ((K_ID, "id", T_INT, 0, U16, None),)
 
 # Index = wire type code.
 UPLINK = (
@@ -127,6 +141,8 @@ UPLINK = (
             (10, "free_heap_b", T_INT, 0, U32, None),
             (11, "boot_count", T_INT, 0, U32, REQUIRED),
             (12, "buffered", T_INT, 0, U16, 0),
+            (13, "error", T_TEXT, 1, ERROR_LEN, None),
+            (14, "safe_mode", T_BOOL, 0, 0, False),
         ),
     ),
     (
@@ -181,6 +197,14 @@ UPLINK = (
             (4, "event", T_ENUM, EVENTS, 0, REQUIRED),
             (5, "state", T_ENUM, SPOT_STATES, 0, None),
             (6, "count", T_INT, 0, U16, None),
+        ),
+    ),
+    (
+        "ack",
+        (
+            (4, "confirm", T_IDS, 1, MAX_RECORDS, None),
+            (5, "refused", T_IDS, 1, MAX_RECORDS, None),
+            (6, "reason", T_ENUM, REFUSALS, 0, None),
         ),
     ),
 )
@@ -265,12 +289,38 @@ def decode_uplink(obj):
 
 def encode_downlink(records):
     """One downlink message dict or a list of them -> [SCHEMA_VERSION, {...}, ...]."""
-    return _encode(records, DOWNLINK, ())
+    return _encode(records, DOWNLINK, DOWNLINK_COMMON)
 
 
 def decode_downlink(obj):
     """A decoded CBOR value -> list of validated downlink message dicts."""
-    return _decode(obj, DOWNLINK, ())
+    return _decode(obj, DOWNLINK, DOWNLINK_COMMON)
+
+
+def downlink_ids(obj):
+    """The ids (key 1) of the records of a decoded downlink array, even one that does not
+    validate, so a node can refuse a malformed downlink by id. Never raises."""
+    out = []  # type: list
+    if not isinstance(obj, (list, tuple)):
+        return out
+    for record in obj[1 : MAX_RECORDS + 1]:
+        value = record.get(K_ID) if isinstance(record, dict) else None
+        valid = not isinstance(value, bool) and isinstance(value, int) and 0 <= value <= U16
+        if valid and value not in out:
+            out.append(value)
+    return out
+
+
+def printable(text, limit=ERROR_LEN):
+    """`text` made valid for a text field of at most `limit` characters: every character
+    outside printable ASCII becomes "?", the rest is cut. None (or empty) stays None."""
+    if not text:
+        return None
+    text = str(text)[:limit]
+    for ch in text:
+        if not " " <= ch <= "~":
+            return "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text
 
 
 def type_names(direction):
@@ -427,6 +477,8 @@ def _to_wire(spec, value, prefix):
         raise SchemaError(
             prefix + spec[1], "unknown value %r (one of %s)" % (value, ", ".join(names))
         )
+    if kind == T_IDS:
+        return _ids(spec, value, prefix)
     if not isinstance(value, str):
         raise SchemaError(prefix + spec[1], "expected a string, got %s" % _type_name(value))
     _check_text(spec, value, prefix)
@@ -446,6 +498,8 @@ def _from_wire(spec, value, prefix):
             )
         _check_text(spec, value, prefix)
         return value
+    if kind == T_IDS:
+        return _ids(spec, value, prefix)
     if isinstance(value, bool) or not isinstance(value, int):
         raise SchemaError(prefix + spec[1], "expected an integer, got %s" % _type_name(value))
     if kind == T_ENUM:
@@ -455,6 +509,24 @@ def _from_wire(spec, value, prefix):
         return names[value]
     _check_range(spec, value, prefix)
     return value
+
+
+def _ids(spec, value, prefix):
+    # Both directions: a list of distinct ids, returned as a new list.
+    if not isinstance(value, (list, tuple)):
+        raise SchemaError(prefix + spec[1], "expected an array, got %s" % _type_name(value))
+    if not spec[3] <= len(value) <= spec[4]:
+        raise SchemaError(prefix + spec[1], "%d ids, not %d..%d" % (len(value), spec[3], spec[4]))
+    out = []
+    for i in value:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise SchemaError(prefix + spec[1], "expected integer ids, got %s" % _type_name(i))
+        if not 0 <= i <= U16:
+            raise SchemaError(prefix + spec[1], "id %d out of range 0..%d" % (i, U16))
+        if i in out:
+            raise SchemaError(prefix + spec[1], "id %d twice" % i)
+        out.append(i)
+    return out
 
 
 def _check_range(spec, value, prefix):
@@ -492,6 +564,17 @@ def _cross_check(name, msg, prefix):
             raise SchemaError(prefix + "alarm", "only with command ack_alarm")
         if msg.get("duration_s") is not None and cmd not in ("identify", "wake"):
             raise SchemaError(prefix + "duration_s", "only with command identify or wake")
+    elif name == "ack":
+        confirm = msg.get("confirm")
+        refused = msg.get("refused")
+        if confirm is None and refused is None:
+            raise SchemaError(prefix + "confirm", "an ack confirms or refuses at least one id")
+        if (refused is None) != (msg.get("reason") is None):
+            raise SchemaError(prefix + "reason", "required with refused, and only with it")
+        if confirm is not None and refused is not None:
+            for i in refused:
+                if i in confirm:
+                    raise SchemaError(prefix + "refused", "id %r also confirmed" % (i,))
     elif name == "lighting_profile":
         lo = msg.get("min_level_pct")
         hi = msg.get("max_level_pct")

@@ -17,7 +17,7 @@ Data flows left to right: link -> security -> decode -> pipeline (store -> ack -
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 # Why an uplink was refused; a fixed set so the metric's label values stay bounded.
 REFUSAL_REASONS = (
-    "malformed",  # not a CoAP/OSCORE frame, or a payload the schema refuses
+    "malformed",  # not a CoAP/OSCORE frame, or a payload that is not CBOR
+    "schema",  # CBOR, but not a message of protocol/schema.py (version, type, key, range)
     "oversized",  # larger than the link accepts
     "unknown_kid",  # OSCORE key id with no security context
     "unknown_node",  # authenticated, but not in the registry
@@ -51,6 +52,32 @@ def make_reading_id(node_id: str, seqno: int, index: int = 0) -> str:
     return f"{node_id}:{seqno}:{index}"
 
 
+class Receipts(tuple[int, ...]):
+    """What an uplink's `ack` records said about the node's downlinks: the tuple holds the
+    ids it applied, `refused` maps the ids it would not apply to the reason (a name from
+    protocol.schema.REFUSALS). Ids are the node's (`Downlink.wire_id`), not the gateway's rows.
+
+    A tuple, so code that only confirms keeps working with it; `Downlinks.confirm_in` reads
+    `refused` too."""
+
+    refused: Mapping[int, str]
+
+    def __new__(
+        cls, confirmed: Iterable[int] = (), refused: Mapping[int, str] | None = None
+    ) -> Receipts:
+        receipts = super().__new__(cls, confirmed)
+        receipts.refused = dict(refused or {})
+        return receipts
+
+    def __bool__(self) -> bool:
+        # true when the node said anything: `if uplink.confirmed_downlinks:` must not skip an
+        # ack that only refuses
+        return len(self) > 0 or bool(self.refused)
+
+    def __repr__(self) -> str:
+        return f"Receipts({list(self)}, refused={dict(self.refused)})"
+
+
 @dataclass(frozen=True, slots=True)
 class Uplink:
     """One authenticated, decoded uplink from one node."""
@@ -59,12 +86,20 @@ class Uplink:
     link: str  # "coap" or "lora"
     received_at: float  # gateway clock, Unix seconds
     readings: Sequence[Reading] = ()
-    confirmed_downlinks: Sequence[int] = ()  # ids of downlinks the node reports as applied
+    # Ids of downlinks the node reports as applied (its `ack` records; a Receipts, whose
+    # `refused` holds the ones it refused). The node's ids: Downlink.wire_id.
+    confirmed_downlinks: Sequence[int] = ()
     rssi_dbm: float | None = None  # radio quality where the link knows it (LoRa)
     snr_db: float | None = None
     battery_mv: int | None = None  # from a status message, when the uplink carries one
     firmware: str | None = None
     max_downlinks: int = 8  # how many downlinks the response can carry (LoRa: few)
+
+    @property
+    def refused_downlinks(self) -> Mapping[int, str]:
+        """Ids of downlinks the node refused -> why (empty unless a Receipts says so)."""
+        refused: Mapping[int, str] = getattr(self.confirmed_downlinks, "refused", {})
+        return refused
 
 
 class UplinkRefused(Exception):

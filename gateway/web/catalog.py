@@ -135,7 +135,22 @@ CATALOG: dict[str, tuple[str, str]] = {
     "Queued": ("En file", "In wachtrij"),
     "Sent": ("Envoyé", "Verzonden"),
     "Confirmed": ("Confirmé", "Bevestigd"),
+    "Refused": ("Refusé", "Geweigerd"),
     "Expired": ("Expiré", "Verlopen"),
+    "Not readable by the node": ("Illisible pour le capteur", "Onleesbaar voor de sensor"),
+    "Meant for another kind of node": (
+        "Destiné à un autre type de capteur",
+        "Bedoeld voor een ander soort sensor",
+    ),
+    "A value the node does not accept": (
+        "Une valeur que le capteur n’accepte pas",
+        "Een waarde die de sensor niet aanvaardt",
+    ),
+    "Not supported by this node": (
+        "Non pris en charge par ce capteur",
+        "Niet ondersteund door deze sensor",
+    ),
+    "Failed on the node": ("Échec sur le capteur", "Mislukt op de sensor"),
     "By": ("Par", "Door"),
     "No downlink for this node.": (
         "Aucun message descendant pour ce capteur.",

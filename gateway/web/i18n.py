@@ -42,7 +42,16 @@ LABELS: dict[str, dict[str, str]] = {
         "queued": "Queued",
         "sent": "Sent",
         "confirmed": "Confirmed",
+        "refused": "Refused",
         "expired": "Expired",
+    },
+    # why a node refused a downlink (protocol.schema.REFUSALS)
+    "refusal": {
+        "malformed": "Not readable by the node",
+        "wrong_kind": "Meant for another kind of node",
+        "invalid": "A value the node does not accept",
+        "unsupported": "Not supported by this node",
+        "failed": "Failed on the node",
     },
     "sink": {"starting": "Starting", "up": "Up", "down": "Down"},
     "role": {"viewer": "Viewer", "operator": "Operator"},

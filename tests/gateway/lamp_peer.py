@@ -47,6 +47,10 @@ class LampNode:
         self.state = {}
         self.reboot = False
         self.identify_s = 0
+        self.queued = []  # (record, priority) the runtime would send in its next uplink
+
+    def queue(self, msg, alarm=False):
+        self.queued.append((dict(msg), alarm))
 
     def now(self):
         return int(time.time())

@@ -151,7 +151,9 @@ def test_bad_cbor_and_schema_errors_are_refused_with_their_reason(
     assert code == coap.BAD_REQUEST and b"fill_pct: 101 out of range 0..100" in payload
     code, payload, _, _ = node.post("x", b"")  # no such resource: answered, protected
     assert code == coap.NOT_FOUND
-    assert gateway.refusals("coap", "malformed") == 4
+    # not CBOR is "malformed"; CBOR that is not a message of the schema is "schema"
+    assert gateway.refusals("coap", "malformed") == 1
+    assert gateway.refusals("coap", "schema") == 3
     assert gateway.stored() == {}
 
 
@@ -194,7 +196,7 @@ def test_an_authenticated_node_missing_from_the_registry_is_refused(
     assert gateway.stored() == {}
 
 
-def test_downlink_rides_in_the_response_and_the_next_uplink_confirms_it(
+def test_downlink_rides_in_the_response_until_the_node_acks_it_by_id(
     interp: Any, gateway: LiveGateway
 ) -> None:
     agent = gateway.agent
@@ -202,7 +204,7 @@ def test_downlink_rides_in_the_response_and_the_next_uplink_confirms_it(
     schema, cbor = interp.module("protocol.schema"), interp.module("protocol.cbor")
     node = udp_node(interp, gateway, LEAK)
     config = gateway.call(agent.downlinks.enqueue("leak-01", {"type": "config", "report_s": 600}))
-    wake = gateway.call(
+    identify = gateway.call(
         agent.downlinks.enqueue(
             "leak-01", {"type": "command", "command": "identify", "duration_s": 5}
         )
@@ -211,18 +213,32 @@ def test_downlink_rides_in_the_response_and_the_next_uplink_confirms_it(
         "u", uplink(interp, {"type": "leak", "volume_l": 1, "flow_lh": 0, "seq": 1})
     )
     assert code == coap.CHANGED
-    # [1, {0: 0, 4: 600}, {0: 5, 4: 1, 6: 5}]: both records, oldest first, canonical CBOR
-    assert payload == bytes.fromhex("8301a2000004190258a30005040106 05".replace(" ", ""))
+    # [1, {0: 0, 1: 1, 4: 600}, {0: 5, 1: 2, 4: 1, 6: 5}]: both records, oldest first, each
+    # with its wire id (key 1), canonical CBOR
+    assert payload == bytes.fromhex("8301 a30000010104190258 a4000501020401 0605".replace(" ", ""))
     assert schema.decode_downlink(cbor.loads(payload)) == [
-        {"type": "config", "report_s": 600},
-        {"type": "command", "command": "identify", "duration_s": 5},
+        {"type": "config", "report_s": 600, "id": 1},
+        {"type": "command", "command": "identify", "duration_s": 5, "id": 2},
     ]
-    assert gateway.downlink_states() == {config.id: "sent", wake.id: "sent"}
-    code, payload, _, _ = node.post(
+    assert gateway.downlink_states() == {config.id: "sent", identify.id: "sent"}
+    # The next uplink says nothing of them (the response was lost, say): nothing is
+    # confirmed, and both go out again.
+    code, again, _, _ = node.post(
         "u", uplink(interp, {"type": "leak", "volume_l": 2, "flow_lh": 0, "seq": 2})
     )
+    assert (code, again) == (coap.CHANGED, payload)
+    assert gateway.downlink_states() == {config.id: "sent", identify.id: "sent"}
+    # The node acks: config applied, identify refused (say it has no LED); ack first
+    ack = {"type": "ack", "confirm": [1], "refused": [2], "reason": "unsupported", "seq": 3}
+    code, payload, _, _ = node.post(
+        "u", uplink(interp, ack, {"type": "leak", "volume_l": 3, "flow_lh": 0, "seq": 4})
+    )
     assert (code, payload) == (coap.CHANGED, b"")
-    assert gateway.downlink_states() == {config.id: "confirmed", wake.id: "confirmed"}
+    assert gateway.downlink_states() == {config.id: "confirmed", identify.id: "refused"}
+    listed = {d.id: d for d in gateway.call(agent.downlinks.list("leak-01"))}
+    assert listed[identify.id].reason == "unsupported" and listed[config.id].attempts == 2
+    # the ack is not a reading: only the three leak readings are stored
+    assert sorted(gateway.stored()) == ["leak-01:1", "leak-01:2", "leak-01:4"]
 
 
 def test_a_store_that_cannot_commit_answers_503_and_acknowledges_nothing(
@@ -289,9 +305,11 @@ def test_presence_wakes_the_neighbour_lamp_within_a_second(mpy: Any, tmp_path: P
         # client answers; then the firmware's downlink code hands the wake to the lamp.
         commands = lamps[1].serve(2000, 1)
         elapsed = time.monotonic() - started
-        assert commands == [{"type": "command", "command": "wake"}]
+        assert commands == [{"type": "command", "command": "wake", "id": 1}]
         assert elapsed < 1.0, f"neighbour lit after {elapsed:.2f} s"
         assert lamps[1].server.fresh and lamps[1].server.served == 1  # after one Echo round
+        # the firmware also queued its ack of wire id 1, first in line for its next uplink
+        assert lamps[1].node.queued == [({"type": "ack", "confirm": [1]}, True)]
         print(f"neighbour lamp woken {elapsed * 1000:.0f} ms after the presence uplink left")
         agent = gw.agent
         assert agent is not None

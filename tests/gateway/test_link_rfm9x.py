@@ -186,7 +186,7 @@ def test_the_lora_link_serves_a_node_through_the_rfm95(tmp_path: Path) -> None:
         action, response = exchange.on_response(answer)
         assert action == DONE and coap.decode(response).code == coap.CHANGED
         assert schema.decode_downlink(cbor.loads(coap.decode(response).payload)) == [
-            {"type": "command", "command": "identify"}
+            {"type": "command", "command": "identify", "id": 1}
         ]
         assert set(gw.stored()) == {"bin-7:4"}
         state = gw.call(gw.agent.status.get("bin-7"))

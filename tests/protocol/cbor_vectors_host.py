@@ -57,6 +57,23 @@ def contains_tag(x: Any) -> bool:
     return False
 
 
+def simple_key_beside_int(x: Any) -> bool:
+    """A map holding both simple(n) and the integer n as keys.
+
+    They are distinct data items in CBOR, but cbor2's CBORSimpleValue compares and hashes equal
+    to the int, so cbor2 merges the two entries where we keep both: no common value to compare.
+    """
+    if isinstance(x, (list, tuple)):
+        return any(simple_key_beside_int(i) for i in x)
+    if isinstance(x, dict):
+        simple = {k.value for k in x if isinstance(k, Simple)}
+        ints = {k for k in x if isinstance(k, int) and not isinstance(k, bool)}
+        return bool(simple & ints) or any(
+            simple_key_beside_int(k) or simple_key_beside_int(v) for k, v in x.items()
+        )
+    return False
+
+
 def to_cbor2(x: Any) -> Any:
     if isinstance(x, Simple):
         return cbor2.undefined if x.value == 23 else cbor2.CBORSimpleValue(x.value)

@@ -202,9 +202,21 @@ def test_every_enum_value_round_trips(schema):
 
 def test_constants_match_the_tables(schema):
     names = schema.type_names(schema.UPLINK)
-    assert names == ("status", "leak", "occupancy", "lighting", "binfill", "alarm", "event")
+    assert names == (
+        "status",
+        "leak",
+        "occupancy",
+        "lighting",
+        "binfill",
+        "alarm",
+        "event",
+        "ack",
+    )
     assert names.index("leak") == schema.UP_LEAK
     assert names.index("event") == schema.UP_EVENT
+    assert names.index("ack") == schema.UP_ACK
+    assert schema.REFUSALS == ("malformed", "wrong_kind", "invalid", "unsupported", "failed")
+    assert (schema.K_ID, schema.K_AGE, schema.K_SEQ) == (1, 1, 2)
     down = schema.type_names(schema.DOWNLINK)
     assert down == (
         "config",
@@ -315,7 +327,7 @@ LEAK = {0: 1, 4: 1000, 5: 10}
         ([1], "message", "no records"),
         ([1, [0, 1]], "record", "expected a map"),
         ([1, {4: 1}], "type", "missing"),
-        ([1, {0: 7}], "type", "unknown record type code 7"),
+        ([1, {0: 8}], "type", "unknown record type code 8"),
         ([1, {0: -1}], "type", "unknown record type code -1"),
         ([1, {0: "leak"}], "type", "unknown record type code 'leak'"),
         ([1, {0: 1, 4: 1000}], "leak.flow_lh", "missing required field (key 5)"),
@@ -457,8 +469,8 @@ def test_downlink_errors_name_the_field(schema, msg, field, problem):
 
 
 def test_downlink_decode_rejects_uplink_only_keys(schema):
-    with pytest.raises(schema.SchemaError, match=r"^time\.key 1: unknown key"):
-        schema.decode_downlink([1, {0: 6, 4: 1, 1: 5}])
+    with pytest.raises(schema.SchemaError, match=r"^time\.key 2: unknown key"):
+        schema.decode_downlink([1, {0: 6, 4: 1, 2: 5}])
     with pytest.raises(schema.SchemaError, match=r"^command\.alarm: unknown code 7"):
         schema.decode_downlink([1, {0: 5, 4: 3, 5: 7}])
 
@@ -480,3 +492,159 @@ def test_encode_does_not_modify_the_message(schema):
     obj = schema.encode_uplink(msg)
     assert obj == [1, {0: 3, 5: 0}]
     assert msg == {"type": "lighting", "level_pct": 0, "detections": 0, "energy_wh": 0}
+
+
+# ---- downlink ids, the ack record, the node's error and safe mode -------------------------------
+
+
+def test_downlink_id_exact_bytes(schema, cbor):
+    small = schema.encode_downlink({"type": "config", "report_s": 600, "id": 1})
+    # 00 00 config | 01 01 id 1 (one byte up to 23) | 04 190258 report 600
+    assert wire(small) == h("8201a30000010104190258")
+    assert cbor.dumps(small) == h("8201a30000010104190258")
+    big = schema.encode_downlink({"type": "command", "command": "reboot", "id": 65535})
+    assert wire(big) == h("8201a300050119ffff0400")
+    assert schema.decode_downlink(cbor2.loads(wire(big))) == [
+        {"type": "command", "command": "reboot", "id": 65535}
+    ]
+    # optional: a downlink without an id is still a downlink (it cannot be acked by id)
+    assert schema.decode_downlink([1, {0: 6, 4: 5}]) == [
+        {"type": "time", "unix_s": 5, "utc_offset_min": 0}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "problem"),
+    [
+        ([1, {0: 0, 1: 65536}], "config.id", "65536 out of range 0..65535"),
+        ([1, {0: 0, 1: -1}], "config.id", "-1 out of range"),
+        ([1, {0: 0, 1: True}], "config.id", "expected an integer, got bool"),
+        ([1, {0: 0, 1: "7"}], "config.id", "expected an integer, got str"),
+        ([1, {0: 0, 1: 3}, {0: 5, 1: 4, 4: 9}], "record 1 command.command", "unknown code 9"),
+    ],
+)
+def test_downlink_id_is_validated(schema, obj, field, problem):
+    with pytest.raises(schema.SchemaError) as info:
+        schema.decode_downlink(obj)
+    assert str(info.value).startswith(field + ": ")
+    assert problem in str(info.value)
+
+
+def test_ack_exact_bytes_and_sizes(schema, cbor):
+    confirm = {"type": "ack", "confirm": [1, 2], "seq": 7}
+    # 00 07 ack | 02 07 seq | 04 82 01 02 confirm [1, 2]
+    assert wire(schema.encode_uplink(confirm)) == h("8201a300070207048201 02".replace(" ", ""))
+    refused = {"type": "ack", "refused": [3], "reason": "wrong_kind"}
+    obj = schema.encode_uplink(refused)
+    assert obj == [1, {0: 7, 5: [3], 6: 1}]
+    assert cbor.dumps(obj) == h("8201a300070581030601")
+    assert schema.decode_uplink(cbor2.loads(h("8201a300070581030601"))) == [
+        {"type": "ack", "refused": [3], "reason": "wrong_kind", "age_s": 0}
+    ]
+    # the largest ack of one confirmed and one refused id (a 4-byte seq, 3-byte ids) fits an
+    # SF12 frame: 51 bytes less CoAP (10), OSCORE (11), a 3-byte Partial IV and a 1-byte kid
+    # leave 26 for the payload (firmware/node/loralink.py max_payload), so it is never dropped
+    worst = {
+        "type": "ack",
+        "seq": 2**32 - 1,
+        "confirm": [65535],
+        "refused": [65534],
+        "reason": "failed",
+    }
+    assert len(wire(schema.encode_uplink(worst))) == 23
+    assert schema.decode_uplink(schema.encode_uplink(worst)) == [dict(worst, age_s=0)]
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "problem"),
+    [
+        ([1, {0: 7}], "ack.confirm", "confirms or refuses at least one id"),
+        ([1, {0: 7, 5: [1]}], "ack.reason", "required with refused"),
+        ([1, {0: 7, 4: [1], 6: 0}], "ack.reason", "only with it"),
+        ([1, {0: 7, 4: [1, 2], 5: [2], 6: 0}], "ack.refused", "id 2 also confirmed"),
+        ([1, {0: 7, 4: []}], "ack.confirm", "0 ids, not 1..64"),
+        ([1, {0: 7, 4: list(range(65))}], "ack.confirm", "65 ids, not 1..64"),
+        ([1, {0: 7, 4: [1, 1]}], "ack.confirm", "id 1 twice"),
+        ([1, {0: 7, 4: [65536]}], "ack.confirm", "id 65536 out of range 0..65535"),
+        ([1, {0: 7, 4: [-1]}], "ack.confirm", "id -1 out of range"),
+        ([1, {0: 7, 4: [True]}], "ack.confirm", "expected integer ids, got bool"),
+        ([1, {0: 7, 4: ["1"]}], "ack.confirm", "expected integer ids, got str"),
+        ([1, {0: 7, 4: 1}], "ack.confirm", "expected an array, got int"),
+        ([1, {0: 7, 4: {1: 1}}], "ack.confirm", "expected an array, got dict"),
+        ([1, {0: 7, 5: [1], 6: 5}], "ack.reason", "unknown code 5 (0..4)"),
+    ],
+)
+def test_ack_errors_name_the_field(schema, obj, field, problem):
+    with pytest.raises(schema.SchemaError) as info:
+        schema.decode_uplink(obj)
+    assert str(info.value).startswith(field + ": ")
+    assert problem in str(info.value)
+
+
+def test_ack_encode_validates_the_same_way(schema):
+    with pytest.raises(schema.SchemaError, match=r"^ack\.reason: unknown value 'busy'"):
+        schema.encode_uplink({"type": "ack", "refused": [1], "reason": "busy"})
+    with pytest.raises(schema.SchemaError, match=r"^ack\.confirm: expected an array"):
+        schema.encode_uplink({"type": "ack", "confirm": 5})
+    with pytest.raises(schema.SchemaError, match=r"^ack\.confirm: an ack confirms or refuses"):
+        schema.encode_uplink({"type": "ack", "confirm": None})
+    # a tuple is an array too; the message is not modified
+    msg = {"type": "ack", "confirm": (4, 5)}
+    assert schema.encode_uplink(msg) == [1, {0: 7, 4: [4, 5]}]
+    assert msg == {"type": "ack", "confirm": (4, 5)}
+
+
+def test_status_error_and_safe_mode(schema):
+    msg = {
+        "type": "status",
+        "uptime_s": 1,
+        "boot_count": 4,
+        "error": "downlink refused: bad",
+        "safe_mode": True,
+    }
+    obj = schema.encode_uplink(msg)
+    assert wire(obj) == h("8201a5000007010b040d75646f776e6c696e6b20726566757365643a206261640ef5")
+    assert schema.decode_uplink(obj) == [dict(msg, reset_cause="unknown", buffered=0, age_s=0)]
+    # not in safe mode, no error: neither is sent, and decoding fills safe_mode in
+    plain = schema.decode_uplink([1, {0: 0, 7: 1, 11: 4}])[0]
+    assert plain["safe_mode"] is False and "error" not in plain
+    assert schema.encode_uplink(dict(msg, error=None, safe_mode=False)) == [
+        1,
+        {0: 0, 7: 1, 11: 4},
+    ]
+    for bad, problem in (("x" * 33, "length 33 out of range 1..32"), ("a\nb", "printable")):
+        with pytest.raises(schema.SchemaError, match=r"^status\.error: .*" + problem):
+            schema.encode_uplink(dict(msg, error=bad))
+    with pytest.raises(schema.SchemaError, match=r"^status\.safe_mode: expected a bool"):
+        schema.decode_uplink([1, {0: 0, 7: 1, 11: 4, 14: 1}])
+
+
+@pytest.mark.parametrize(
+    ("obj", "ids"),
+    [
+        ([1, {0: 0, 1: 3, 4: 5}], [3]),  # report_s 5: out of range, yet its id is readable
+        ([1, {0: 0, 1: 3, 40: 1}, {0: 9, 1: 4}], [3, 4]),  # unknown key, unknown type
+        ([2, {0: 0, 1: 7}], [7]),  # a version this node does not speak
+        ([1, {0: 0, 1: 3}, {0: 5, 1: 3}], [3]),  # once each
+        ([1, {1: True}, {1: -1}, {1: 65536}, {1: "5"}, [1, 2], 8, {1: 65535}], [65535]),
+        ([1], []),
+        ({0: 0, 1: 3}, []),  # not an array
+        (None, []),
+        ("junk", []),
+    ],
+)
+def test_downlink_ids_reads_what_it_can_and_never_raises(schema, obj, ids):
+    assert schema.downlink_ids(obj) == ids
+
+
+def test_printable_makes_any_text_fit_a_text_field(schema):
+    assert schema.printable("link: no answer") == "link: no answer"
+    assert schema.printable("caf\u00e9 \u2603\n") == "caf? ??"
+    assert schema.printable("x" * 40) == "x" * 32
+    assert schema.printable("x" * 40, 8) == "x" * 8
+    assert schema.printable("") is None
+    assert schema.printable(None) is None
+    for text in ("\u00e9" * 40, "tab\there", "ok"):
+        fixed = schema.printable(text)
+        msg = {"type": "status", "uptime_s": 1, "boot_count": 1, "error": fixed}
+        assert schema.decode_uplink(schema.encode_uplink(msg))[0]["error"] == fixed

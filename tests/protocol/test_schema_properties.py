@@ -25,6 +25,9 @@ def field_values(spec):
         return st.booleans()
     if kind == host_schema.T_ENUM:
         return st.sampled_from(a)
+    if kind == host_schema.T_IDS:
+        ids = st.integers(0, host_schema.U16) | st.sampled_from([0, 23, 24, 255, 256, 65535])
+        return st.lists(ids, min_size=a, max_size=min(b, 6), unique=True)
     return st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=a, max_size=b)
 
 
@@ -48,6 +51,21 @@ def record_strategy(table, common):
                 msg.pop("alarm", None)
             if msg["command"] not in ("identify", "wake"):
                 msg.pop("duration_s", None)
+        if name == "ack":
+            if "confirm" not in msg and "refused" not in msg:
+                msg["confirm"] = draw(field_values(fields[0]))
+            if "refused" in msg:
+                confirmed = msg.get("confirm", [])
+                refused = [i for i in msg["refused"] if i not in confirmed]
+                if refused:
+                    msg["refused"] = refused
+                    msg["reason"] = draw(st.sampled_from(host_schema.REFUSALS))
+                else:
+                    del msg["refused"]
+            if "refused" not in msg:
+                msg.pop("reason", None)
+            if "confirm" not in msg and "refused" not in msg:
+                msg["confirm"] = [0]
         if name == "lighting_profile" and "min_level_pct" in msg and "max_level_pct" in msg:
             lo, hi = sorted((msg["min_level_pct"], msg["max_level_pct"]))
             msg["min_level_pct"], msg["max_level_pct"] = lo, hi
@@ -59,7 +77,9 @@ def record_strategy(table, common):
 UPLINKS = st.lists(
     record_strategy(host_schema.UPLINK, host_schema.UPLINK_COMMON), min_size=1, max_size=4
 )
-DOWNLINKS = st.lists(record_strategy(host_schema.DOWNLINK, ()), min_size=1, max_size=4)
+DOWNLINKS = st.lists(
+    record_strategy(host_schema.DOWNLINK, host_schema.DOWNLINK_COMMON), min_size=1, max_size=4
+)
 
 
 def with_defaults(msg, table, common):
@@ -95,8 +115,14 @@ def test_downlinks_round_trip_through_both_codecs(interp, records):
     schema = interp.module("protocol.schema")
     cbor = interp.module("protocol.cbor")
     data = cbor.dumps(schema.encode_downlink(records))
-    expected = [with_defaults(m, host_schema.DOWNLINK, ()) for m in records]
+    expected = [
+        with_defaults(m, host_schema.DOWNLINK, host_schema.DOWNLINK_COMMON) for m in records
+    ]
     assert schema.decode_downlink(cbor2.loads(data)) == expected
+    # every id the gateway set is readable even by a node whose schema refuses the rest
+    assert schema.downlink_ids(cbor2.loads(data)) == list(
+        dict.fromkeys(m["id"] for m in records if "id" in m)
+    )
 
 
 # Arbitrary decoded CBOR: what a buggy or hostile node could send after OSCORE.
@@ -136,6 +162,8 @@ def test_junk_raises_schema_error_or_decodes_to_something_valid(interp, obj):
             continue
         # whatever passes is a valid message: it encodes again and decodes to itself
         assert decode(encode(decoded)) == decoded
+    ids = schema.downlink_ids(obj)  # never raises, and reads only valid ids
+    assert all(type(i) is int and 0 <= i <= 0xFFFF for i in ids) and len(set(ids)) == len(ids)
 
 
 @st.composite

@@ -13,7 +13,13 @@ import pytest
 from protocol import schema
 
 README = Path(__file__).resolve().parents[2] / "protocol" / "README.md"
-TYPES = {schema.T_INT: "int", schema.T_BOOL: "bool", schema.T_ENUM: "enum", schema.T_TEXT: "text"}
+TYPES = {
+    schema.T_INT: "int",
+    schema.T_BOOL: "bool",
+    schema.T_ENUM: "enum",
+    schema.T_TEXT: "text",
+    schema.T_IDS: "ids",
+}
 
 
 def readme_tables():
@@ -86,6 +92,15 @@ def test_readme_common_uplink_fields():
     assert row_core(rows[0]) == ["0", "`type`", "enum", types, "required"]
     assert [row_core(r) for r in rows[1:]] == [
         documented(f, "uplink") for f in schema.UPLINK_COMMON
+    ]
+
+
+def test_readme_common_downlink_fields():
+    rows = readme_tables()["Every downlink record"]
+    types = " / ".join(f"{i} {n}" for i, n in enumerate(schema.type_names(schema.DOWNLINK)))
+    assert row_core(rows[0]) == ["0", "`type`", "enum", types, "required"]
+    assert [row_core(r) for r in rows[1:]] == [
+        documented(f, "downlink") for f in schema.DOWNLINK_COMMON
     ]
 
 

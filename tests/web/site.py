@@ -7,10 +7,11 @@ its own) with its real CoAP link on 127.0.0.1 and the web page on a free port. N
   code (tests/support/oscore_node.py on CPython): payload encoded by protocol.schema and
   protocol.cbor, as the firmware does; downlinks decoded from the 2.04 the same way.
 - LoRa nodes go through the same link step as gateway/links/lora.py, without the radio and
-  OSCORE: gateway.uplink.decode_uplink -> confirmations -> pipeline -> encode_downlinks (and
-  they report RSSI/SNR, which only the LoRa link knows).
+  OSCORE: gateway.uplink.decode_uplink -> pipeline -> encode_downlinks (and they report
+  RSSI/SNR, which only the LoRa link knows).
 
-A node's next uplink confirms the downlinks of the previous response (gateway/uplink.py).
+A node's next uplink acks, by id, the downlinks of the previous response: an `ack` record
+ahead of its readings, as the firmware sends (protocol/README.md, "Downlink delivery").
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 from gateway import accounts
 from gateway.agent import Agent
 from gateway.store.db import apply_schema
-from gateway.uplink import Deliveries, decode_uplink, encode_downlinks, with_confirmations
+from gateway.uplink import decode_uplink, encode_downlinks
 from protocol import cbor, coap, schema
 from tests.gateway.link_support import GATEWAY_ID, SALT, LiveGateway, secret_of
 from tests.support.oscore_node import UDPNode
@@ -62,6 +63,7 @@ class SimNode:
     identify_s: int = 0
     report_s: int | None = None
     step: int = 0
+    to_ack: list[int] = field(default_factory=list)  # downlink ids applied, for the next uplink
 
     def reading(self) -> dict[str, Any]:
         self.step += 1
@@ -92,13 +94,17 @@ class SimNode:
         }
 
     def report(self, *extra: dict[str, Any], status: bool = True) -> list[dict[str, Any]]:
-        """One uplink (a reading, a status, `extra` records); the downlinks it brought back."""
-        records = [self.reading(), *([self.status()] if status else []), *extra]
+        """One uplink (the ack of what the last one brought, a reading, a status, `extra`
+        records); the downlinks it brought back (without their wire ids)."""
+        ack = [{"type": "ack", "confirm": self.to_ack}] if self.to_ack else []
+        records = [*ack, self.reading(), *([self.status()] if status else []), *extra]
         for record in records:
             record["seq"] = next(self.seq)
         answer = self.send(bytes(cbor.dumps(schema.encode_uplink(records))))
+        self.to_ack = []
         got: list[dict[str, Any]] = schema.decode_downlink(cbor.loads(answer)) if answer else []
         for record in got:
+            self.to_ack.append(record.pop("id"))
             self.apply(record)
         self.received.extend(got)
         return got
@@ -138,7 +144,6 @@ class WebSite:
         assert self.agent.http is not None
         scheme = "https" if tls else "http"
         self.base = f"{scheme}://127.0.0.1:{self.agent.http.port}"
-        self.deliveries = Deliveries()
         self.udp: list[UDPNode] = []
         self.nodes = {
             node: self._node(node, kind, kid, link) for node, (kind, kid, link, _) in NODES.items()
@@ -175,10 +180,8 @@ class WebSite:
         uplink = decode_uplink(
             node_id, piv, payload, self.lora_clock(), link="lora", rssi_dbm=-97.0, snr_db=6.5
         )
-        uplink = with_confirmations(uplink, self.deliveries.confirmed_by(node_id))
         downlinks = await self.agent.pipeline.handle(uplink)
-        answer, ids = encode_downlinks(downlinks, 40)
-        self.deliveries.delivered(node_id, ids)
+        answer, _ = encode_downlinks(downlinks, 40)
         return answer
 
     def downlink_states(self) -> dict[int, str]:
