@@ -124,9 +124,14 @@ class Board:
             import socket
 
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(socket.getaddrinfo("127.0.0.1", port)[0][-1])
-            s.setblocking(False)
-            self._control = s
+            try:
+                s.bind(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+                s.setblocking(False)
+                self._control = s
+            except OSError:
+                # a second Board in the same life (REPL code calling boards.load() again,
+                # e.g. app.leave_safe_mode()): the first one keeps the control socket
+                s.close()
         obs = self.settings.get("observer")
         if obs:
             import socket
