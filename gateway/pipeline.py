@@ -6,14 +6,23 @@ downlinks taken for the response) -> durable COMMIT -> the link may acknowledge.
 Nothing is acknowledged before its transaction has committed: `handle` only returns after
 that, and a failed commit raises `UplinkRefused("unavailable")` so the node keeps the readings
 and retries.
+
+The uplinks of one commit group are written together (`UplinkWrites`, a `Batch` of the
+database): their readings, node states and history rows each in one set-based statement, and
+one query finds which of their nodes have downlinks waiting, so the usual uplink (nothing
+waiting for its node) costs no statement of its own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Histogram
 
 from gateway.downlinks import Downlink, Downlinks
 from gateway.links.base import REFUSAL_REASONS, Uplink, UplinkRefused
@@ -21,11 +30,67 @@ from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.store.db import DatabaseClosed
 from gateway.store.readings import Store
-from gateway.store.status import NodeReport, record_in
+from gateway.store.status import NodeReport, record_many_in
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0  # refusals are logged at most this often per (link, reason)
+
+# Which of a batch's nodes have downlinks `Downlinks.take_in` could hand out: the states it
+# takes from. Only those nodes get a `take_in` (and its SELECT) of their own.
+_NODES_WITH_DOWNLINKS = (
+    "SELECT DISTINCT node_id FROM downlinks WHERE state IN ('queued', 'sent')"
+    " AND node_id IN (SELECT value FROM json_each(?))"
+)
+
+Written = tuple[int, list[Downlink], list[Downlink]]  # new readings, confirmed, taken
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkWrite:
+    uplink: Uplink
+    report: NodeReport
+    now: float  # the pipeline's clock when the uplink arrived (downlink expiry, confirmation)
+
+
+class UplinkWrites:
+    """The writes of a commit group's uplinks, together (a `gateway.store.db.Batch`)."""
+
+    def __init__(self, store: Store, downlinks: Downlinks) -> None:
+        self.store = store
+        self.downlinks = downlinks
+
+    def run(self, conn: sqlite3.Connection, items: Sequence[UplinkWrite]) -> list[Written]:
+        fresh = self.store.add_in(conn, [r for item in items for r in item.uplink.readings])
+        record_many_in(conn, [item.report for item in items])
+        nodes = json.dumps(list({item.uplink.node_id: None for item in items}))
+        waiting = {row[0] for row in conn.execute(_NODES_WITH_DOWNLINKS, (nodes,))}
+        written: list[Written] = []
+        start = 0
+        for item in items:
+            uplink, now = item.uplink, item.now
+            new = sum(fresh[start : start + len(uplink.readings)])
+            start += len(uplink.readings)
+            confirmed: list[Downlink] = []
+            if uplink.confirmed_downlinks:
+                confirmed = self.downlinks.confirm_in(
+                    conn, uplink.node_id, uplink.confirmed_downlinks, now
+                )
+            taken: list[Downlink] = []
+            if uplink.node_id in waiting:
+                taken = self.downlinks.take_in(conn, uplink.node_id, now, uplink.max_downlinks)
+            written.append((new, confirmed, taken))
+        return written
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkMetrics:
+    """One link's labelled metric children, looked up once rather than on every uplink."""
+
+    readings_in: Counter
+    readings_duplicate: Counter
+    rssi: Histogram
+    snr: Histogram
 
 
 class Pipeline:
@@ -46,6 +111,20 @@ class Pipeline:
         # (the web page's live updates hook in here).
         self.listeners: list[Callable[[Uplink, int], None]] = []
         self._last_logged: dict[tuple[str, str], tuple[float, int]] = {}
+        self._writes = UplinkWrites(store, downlinks)
+        self._link_metrics: dict[str, _LinkMetrics] = {}
+
+    def _metrics_of(self, link: str) -> _LinkMetrics:
+        found = self._link_metrics.get(link)
+        if found is None:
+            m = self.metrics
+            found = self._link_metrics[link] = _LinkMetrics(
+                m.readings_in.labels(link),
+                m.readings_duplicate.labels(link),
+                m.rssi.labels(link),
+                m.snr.labels(link),
+            )
+        return found
 
     def refuse(self, link: str, reason: str, node_id: str | None = None, detail: str = "") -> None:
         if reason not in REFUSAL_REASONS:
@@ -73,13 +152,13 @@ class Pipeline:
         if self.registry.get(uplink.node_id) is None:
             self.refuse(uplink.link, "unknown_node", uplink.node_id)
             raise UplinkRefused("unknown_node", uplink.node_id)
-        strangers = {r.node_id for r in uplink.readings} - {uplink.node_id}
-        if strangers:
-            detail = f"readings of {sorted(strangers)} in an uplink of {uplink.node_id}"
-            self.refuse(uplink.link, "malformed", uplink.node_id, detail)
-            raise UplinkRefused("malformed", detail)
+        for r in uplink.readings:
+            if r.node_id != uplink.node_id:
+                strangers = sorted({r.node_id for r in uplink.readings} - {uplink.node_id})
+                detail = f"readings of {strangers} in an uplink of {uplink.node_id}"
+                self.refuse(uplink.link, "malformed", uplink.node_id, detail)
+                raise UplinkRefused("malformed", detail)
 
-        now = self.clock()
         report = NodeReport(
             node_id=uplink.node_id,
             at=uplink.received_at,
@@ -90,32 +169,25 @@ class Pipeline:
             firmware=uplink.firmware,
             alarm=any(r.alarm for r in uplink.readings),
         )
-
-        def work(conn: sqlite3.Connection) -> tuple[int, list[Downlink], list[Downlink]]:
-            fresh = sum(self.store.add_in(conn, uplink.readings))
-            record_in(conn, report)
-            confirmed = self.downlinks.confirm_in(
-                conn, uplink.node_id, uplink.confirmed_downlinks, now
-            )
-            taken = self.downlinks.take_in(conn, uplink.node_id, now, uplink.max_downlinks)
-            return fresh, confirmed, taken
-
         try:
-            fresh, confirmed, taken = await self.store.db.transact(work)
+            written = self.store.db.submit(self._writes, UplinkWrite(uplink, report, self.clock()))
+            fresh, confirmed, taken = await written
         except (sqlite3.Error, DatabaseClosed) as exc:
             self.refuse(uplink.link, "unavailable", uplink.node_id, str(exc))
             raise UplinkRefused("unavailable", str(exc)) from exc
 
         self.metrics.ack_seconds.observe(time.perf_counter() - started)
-        self.metrics.readings_in.labels(uplink.link).inc(fresh)
+        link_metrics = self._metrics_of(uplink.link)
+        link_metrics.readings_in.inc(fresh)
         duplicates = len(uplink.readings) - fresh
         if duplicates:
-            self.metrics.readings_duplicate.labels(uplink.link).inc(duplicates)
+            link_metrics.readings_duplicate.inc(duplicates)
         if uplink.rssi_dbm is not None:
-            self.metrics.rssi.labels(uplink.link).observe(uplink.rssi_dbm)
+            link_metrics.rssi.observe(uplink.rssi_dbm)
         if uplink.snr_db is not None:
-            self.metrics.snr.labels(uplink.link).observe(uplink.snr_db)
-        self.downlinks.notify(confirmed + taken)
+            link_metrics.snr.observe(uplink.snr_db)
+        if confirmed or taken:
+            self.downlinks.notify(confirmed + taken)
         for listener in self.listeners:
             try:
                 listener(uplink, fresh)

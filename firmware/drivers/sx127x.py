@@ -83,6 +83,8 @@ class SX127x:
         power_dbm=14,
         pa_boost=True,
         sync_word=0x12,
+        rx_symbols=None,
+        sleep_after_tx=False,
         sleep_ms=None,
         ticks_ms=None,
     ):
@@ -112,6 +114,11 @@ class SX127x:
         self.power_dbm = power_dbm
         self.pa_boost = pa_boost
         self.sync_word = sync_word
+        # RXSINGLE symbol timeout for receive(); None: derived from receive()'s timeout_ms
+        self.rx_symbols = rx_symbols
+        # SLEEP (0.2 uA, registers kept) rather than STANDBY (1.6 mA) after TxDone: a battery
+        # node waiting for its RX window
+        self.sleep_after_tx = sleep_after_tx
         self._band = LOW_FREQUENCY if freq_hz < LF_LIMIT_HZ else 0
         self._rssi_offset = RSSI_OFFSET_LF if self._band else RSSI_OFFSET_HF
         self._sleep_ms = sleep_ms or time.sleep_ms
@@ -263,15 +270,20 @@ class SX127x:
         """Transmit and wait for TxDone; False when it does not come within timeout_ms."""
         self.start_send(payload)
         start = self._ticks_ms()
+        # TxDone cannot come before the frame's airtime: one long wait (a light sleep on a
+        # battery node), then short polls, rather than a wake-up every POLL_MS
+        self._sleep_ms(max(0, min(timeout_ms, self.airtime_ms(len(payload))) - 2))
         while not self.tx_done():
             if time.ticks_diff(self._ticks_ms(), start) >= timeout_ms:
                 self.standby()
                 return False
             self._sleep_ms(POLL_MS)
+        if self.sleep_after_tx:
+            self.sleep()
         return True
 
     # -- receive --------------------------------------------------------------------------
-    def start_receive(self, continuous=True, timeout_ms=0):
+    def start_receive(self, continuous=True, timeout_ms=0, symbols=None):
         self.standby()
         self.write(REG_FIFO_ADDR_PTR, 0x00)
         self.write(REG_DIO_MAPPING1, DIO0_RX_DONE)
@@ -280,8 +292,10 @@ class SX127x:
             self.mode(MODE_RX_CONTINUOUS)
             return
         # RXSINGLE gives up after SymbTimeout symbols without a preamble (10 bits, max 1023)
-        sym = self.symbol_us()
-        symbols = max(4, min(SYMB_TIMEOUT_MAX, (timeout_ms * 1000 + sym - 1) // sym))
+        if symbols is None:
+            sym = self.symbol_us()
+            symbols = (timeout_ms * 1000 + sym - 1) // sym
+        symbols = max(4, min(SYMB_TIMEOUT_MAX, symbols))
         self.write(REG_MODEM_CONFIG2, self._config2 | symbols >> 8)
         self.write(REG_SYMB_TIMEOUT_LSB, symbols & 0xFF)
         self.mode(MODE_RX_SINGLE)
@@ -321,11 +335,24 @@ class SX127x:
         return self._check_rx()[1]
 
     def receive(self, timeout_ms):
-        """One RXSINGLE window: the frame heard in it, or None (timeout or CRC error)."""
-        self.start_receive(False, timeout_ms)
-        # the symbol timeout bounds only the preamble search: a frame that started may take
-        # its full airtime; the clock guard covers a chip that never raises a flag
-        limit = timeout_ms + self.airtime_ms(255) + 100
+        """One RXSINGLE window: the frame heard in it, or None (timeout or CRC error).
+
+        Without rx_symbols, the receiver looks for a preamble during timeout_ms. With
+        rx_symbols (a LoRaWAN-style window opened when the answer is due), it looks for
+        rx_symbols symbols only, and timeout_ms bounds the whole call: a frame whose preamble
+        was found is read to its end."""
+        symbols = self.rx_symbols
+        self.start_receive(False, timeout_ms, symbols)
+        if symbols is None:
+            # the symbol timeout bounds only the preamble search: a frame that started may take
+            # its full airtime; the clock guard covers a chip that never raises a flag
+            limit = timeout_ms + self.airtime_ms(255) + 100
+        else:
+            limit = timeout_ms
+            # nothing can end before the preamble search does: sleep through it in one go
+            self._sleep_ms(symbols * self.symbol_us() // 1000)
+        # while a frame comes in, a poll per half symbol (a light sleep each on a battery node)
+        poll = max(POLL_MS, self.symbol_us() // 2000)
         start = self._ticks_ms()
         try:
             while True:
@@ -334,7 +361,7 @@ class SX127x:
                     return data
                 if time.ticks_diff(self._ticks_ms(), start) >= limit:
                     return None
-                self._sleep_ms(POLL_MS)
+                self._sleep_ms(poll)
         finally:
             self.standby()
 

@@ -11,22 +11,43 @@
 # flash ring (node/send.py), apply the downlinks of the response, store what could not be
 # sent, deep-sleep until the kind or the status timer wants the next cycle. The watchdog is
 # fed by this code path only: a hang anywhere resets the node.
+#
+# RAM: only what this node needs is imported (its kind, its link, the battery driver when a
+# status is due), and what a stage is done with is dropped before the next one (forget()):
+# the config tables after start-up, hw and the drivers after sampling, the kind's code and the
+# schema before the exchange (park()), the link's modules before a downlink is applied
+# (node/send.py). The modules held at the peak of a cycle, the protected exchange, are then
+# the link's, the ring's and the codecs'. An always-on lamp (node/mains.py) keeps all loaded.
 
 import gc
 import sys
 
-from firmware.node import config, rtcstate
-from protocol import schema
+from micropython import const
+
+from firmware.node import rtcstate
 
 FIRMWARE = "0.1.0"
-ERROR_LEN = 32
-# reset causes of the board -> the schema's names
-_CAUSES = {"watchdog": "wdt"}
+_ERROR_LEN = const(32)
+# collect after every 16 KB allocated (boot.py does too): a heap collected only when it is full
+# fragments (the cycle needed 202 KB instead of 170 on the unix port); collecting every 4 KB
+# needs no less and costs twice the CPU time of the whole cycle's Python work
+_GC_THRESHOLD = const(16384)
 
 
-def _status_names():
-    for spec in schema.UPLINK[schema.UP_STATUS][1]:
-        yield spec[1]
+def forget(*names):
+    """Drop modules this boot is done with (their RAM returns once nothing else refers to
+    them); a later import loads them again."""
+    for name in names:
+        if sys.modules.pop(name, None) is None:
+            continue
+        parent, _, child = name.rpartition(".")
+        outer = sys.modules.get(parent)
+        if outer is not None and child in outer.__dict__:
+            delattr(outer, child)
+
+
+def forget_all(prefix):
+    forget(*[name for name in sys.modules if name.startswith(prefix)])
 
 
 class Node:
@@ -40,13 +61,29 @@ class Node:
         self.reboot = False
         self.wake_cap = 0  # a downlink's new report period caps this cycle's sleep
         self.identify_s = 0
-        self.kind = None
+        self._kind = None
+        self._parked = False  # the kind's state is in RTC memory, its code dropped: park()
         self.link = None
         self.ring = None
         self.feed = _nothing
         self.safe = False
+        # a battery node: drops modules between stages (node/send.py closes the link to apply
+        # a downlink); an always-on lamp keeps everything loaded
+        self.lean = False
         self.sent = 0
         self.tasks = []  # type: list
+
+    @property
+    def kind(self):
+        """The kind; built again from its saved state if park() dropped it (a downlink)."""
+        if self._kind is None and self._parked:
+            self._parked = False
+            self.make_kind()
+        return self._kind
+
+    @kind.setter
+    def kind(self, kind):
+        self._kind = kind
 
     # -- clocks --------------------------------------------------------------------------------
     def now(self):
@@ -70,18 +107,33 @@ class Node:
     def boot(self):
         board = self.board
         st = self.state
-        if not st or self.cause == "power_on":
+        fresh = not st or self.cause == "power_on"
+        if fresh:
             st.clear()
             st["pon"] = board.time()
-        if st.pop("panic", 0):
+        panic = st.pop("panic", 0)
+        if panic:
             self.cause = "panic"
         st["boots"] = st.get("boots", 0) + 1
         st["tries"] = st.get("tries", 0) + 1
-        # written at once: a crash from here on must count as a failed boot
-        rtcstate.save(board, st)
+        # written at once: a crash from here on must count as a failed boot (the counters are
+        # in the live part: nothing to encode, unless the body changed too)
+        if fresh or panic:
+            rtcstate.save(board, st)
+        else:
+            rtcstate.save_live(board, st)
+        from firmware.node import config
+
         self.cfg, errors = config.load(board)
         for e in errors:
             self.error(e)
+        # the OSCORE keys as bytes now, while the config module is loaded (send.context)
+        try:
+            self.keys = config.oscore_material(self.cfg["oscore"])
+        except ValueError as e:
+            self.keys = str(e)
+        del config
+        forget("firmware.node.config", "firmware.node.cfgfile")
         self.safe = st["tries"] > self.cfg["boot_tries"]
         print("node: boot %d (%s), try %d" % (st["boots"], self.cause, st["tries"]))
 
@@ -89,12 +141,14 @@ class Node:
         print("node:", text)
         self.errors.append(text)
         if not self.state.get("err"):
-            self.state["err"] = text[:ERROR_LEN]
+            self.state["err"] = text[:_ERROR_LEN]
 
     def make_kind(self):
         from firmware import kinds
 
         cls = kinds.load(self.cfg["kind"])
+        del kinds
+        forget("firmware.kinds")  # the kind's module keeps what it uses of the package
         saved = self.state.get("kind")
         try:
             kind = cls(self.cfg["kind_config"], saved)
@@ -121,6 +175,8 @@ class Node:
 
     # -- records -------------------------------------------------------------------------------
     def queue(self, msg, alarm=False):
+        from protocol import schema
+
         msg = dict(msg)
         msg["seq"] = self.rseq.next()
         try:
@@ -150,36 +206,11 @@ class Node:
         )
 
     def queue_status(self, battery=None):
-        st = self.state
-        msg = {
-            "type": "status",
-            "uptime_s": max(0, self.now() - st.get("pon", self.now())),
-            "reset_cause": _CAUSES.get(self.cause, self.cause),
-            "firmware": FIRMWARE,
-            "free_heap_b": gc.mem_free(),
-            "boot_count": st.get("boots", 1),
-            "buffered": len(self.ring) if self.ring is not None else 0,
-            "rssi_dbm": st.get("rssi"),
-            "snr_db_x4": st.get("snr"),
-            "battery_mv": battery,
-            # reported once the schema carries them (until then the console shows them)
-            "error": st.get("err"),
-            "safe_mode": self.safe or None,
-            "confirm": self.acks or None,
-        }
-        cfg = self.cfg
-        if cfg["link"] == "lora" and cfg["lora"]["sf"] >= 10:
-            # 51-byte frames at SF10-12: the version and heap go on the faster data rates only
-            msg["firmware"] = msg["free_heap_b"] = msg["snr_db_x4"] = None
-        known = list(_status_names())
-        for key in list(msg):
-            if msg[key] is None or (key != "type" and key not in known):
-                del msg[key]
-        if msg["reset_cause"] not in schema.RESET_CAUSES:
-            msg["reset_cause"] = "unknown"
-        self.queue(msg)
-        st["due_status"] = self.now() + self.cfg["status_s"]
-        st["err_sent"] = st.get("err")
+        from firmware.node import status
+
+        status.queue(self, battery)
+        del status
+        forget("firmware.node.status")
 
     # -- the link (node/send.py) ---------------------------------------------------------------
     def open_link(self):
@@ -194,21 +225,55 @@ class Node:
 
     # -- the cycle of a battery node -----------------------------------------------------------
     def cycle(self):
+        self.lean = True
+        board = self.board
+        self.feed = board.watchdog(self.cfg["watchdog_ms"]).feed
+        self.open_ring()
+        wake_s, battery = self.sample(self.make_kind())
+        self.feed()
+        if battery is not None:
+            self.queue_status(battery)
+        elif self.status_due():
+            self.queue_status()
+        self.park()
+        self.flush()
+        self.finish(wake_s)
+
+    def park(self):
+        """Before the exchange, the peak of a cycle: the kind's state goes to RTC memory and
+        its code is dropped (a downlink for it builds it again), and so is the schema (every
+        record is encoded by now; a downlink loads it again)."""
+        kind = self._kind
+        if kind is not None:
+            self.state["kind"] = kind.save()
+            self._kind = None
+            self._parked = True
+            forget(type(kind).__module__)
+            del kind
+        forget("protocol.schema")
+
+    def sample(self, kind):
+        """Read the sensors through the kind (and the battery when a status is due); the
+        drivers are dropped afterwards. (wake_s, battery mV or None)."""
         from firmware.node import hw
 
         board = self.board
         cfg = self.cfg
-        self.feed = board.watchdog(cfg["watchdog_ms"]).feed
-        self.open_ring()
-        kind = self.make_kind()
-        sensors = hw.sensors(board, cfg, cfg["kind"], self.errors)
-        battery = hw.battery(board, cfg, self.errors)
-        wake_s = self.take(kind.sample(sensors, self.now(), self.tod()))
-        self.feed()
+        samples = getattr(kind, "cfg", {}).get("samples", 5)
+        sensors = hw.sensors(board, cfg, cfg["kind"], self.errors, samples)
+        try:
+            wake_s = self.take(kind.sample(sensors, self.now(), self.tod()))
+        finally:
+            hw.release(sensors)
+        battery = None
         if self.status_due():
-            self.queue_status(battery.read_mv() if battery is not None else None)
-        self.flush()
-        self.finish(wake_s)
+            gauge = hw.battery(board, cfg, self.errors)
+            if gauge is not None:
+                battery = gauge.read_mv()
+        del hw, sensors
+        forget("firmware.node.hw")
+        forget_all("firmware.drivers")
+        return wake_s, battery
 
     def next_wake_s(self, wake_s):
         status_in = self.state.get("due_status", 0) - self.now()
@@ -218,8 +283,8 @@ class Node:
 
     def finish(self, wake_s):
         st = self.state
-        if self.kind is not None:
-            st["kind"] = self.kind.save()
+        if self._kind is not None:
+            st["kind"] = self._kind.save()
         st["tries"] = 0  # this boot completed a cycle: not a boot loop
         rtcstate.save(self.board, st)
         if self.link is not None:
@@ -232,16 +297,9 @@ class Node:
 
     def safe_mode(self):
         """Status only, then the REPL: no watchdog, no kind, no deep sleep."""
-        print("node: SAFE MODE after %d failed boots; REPL free" % (self.state["tries"] - 1))
-        self.safe = True
-        self.error("safe mode: %s" % (self.state.get("err") or "boot loop"))
-        try:
-            self.open_ring()
-            self.queue_status()
-            self.flush()
-        except Exception as e:  # noqa: BLE001 - safe mode must reach the REPL whatever happens
-            print("node: safe-mode status not sent:", e)
-        rtcstate.save(self.board, self.state)
+        from firmware.node import status
+
+        status.safe_mode(self)
 
 
 def _nothing():
@@ -267,7 +325,7 @@ def crash(board, exc):
     try:
         st = rtcstate.load(board)
         st["panic"] = 1
-        st["err"] = ("crash: %s %s" % (type(exc).__name__, exc))[:ERROR_LEN]
+        st["err"] = ("crash: %s %s" % (type(exc).__name__, exc))[:_ERROR_LEN]
         rtcstate.save(board, st)
         board.sleep_ms(1000)
     except Exception:  # noqa: BLE001 - nothing more can be done; reset regardless
@@ -278,6 +336,7 @@ def crash(board, exc):
 def main():
     from firmware import boards
 
+    gc.threshold(_GC_THRESHOLD)
     board = boards.load()
     try:
         node = Node(board)

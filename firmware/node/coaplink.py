@@ -6,39 +6,14 @@
 
 import os
 
+from micropython import const
+
+from firmware.node.link import LinkDown, Refused, finish, request  # noqa: F401 - re-exported
 from protocol import coap, oscore_client
 
 # A separate response (after an empty ACK) may take the gateway a store commit; wait this long
-SEPARATE_TIMEOUT_MS = 10000
-IDLE_MS = 20
-
-
-class LinkDown(Exception):
-    """No answer (or no network): the records stay in the node's buffer."""
-
-
-class Refused(Exception):
-    """The gateway answered with an error code; `code` says which."""
-
-    def __init__(self, code):
-        super().__init__("gateway answered " + coap.code_text(code))
-        self.code = code
-
-
-def request(mids, mtype, path, payload, token_len=4):
-    """A plain CoAP POST of a CBOR payload to `path` (before OSCORE)."""
-    options = coap.uri_path_options(path)
-    options.append((coap.CONTENT_FORMAT, coap.uint_bytes(coap.FORMAT_CBOR)))
-    token = coap.new_token(token_len)
-    return coap.Message(mtype, coap.POST, mids.next(), token, options, payload)
-
-
-def finish(plain):
-    """The gateway's verified response -> its payload (downlinks) or Refused."""
-    response = coap.decode(plain)
-    if response.code >> 5 != 2:
-        raise Refused(response.code)
-    return response.payload
+_SEPARATE_TIMEOUT_MS = const(10000)
+_IDLE_MS = const(20)
 
 
 def _nothing():
@@ -108,7 +83,7 @@ class CoAPLink:
         if self.idle is None:
             return self.udp.recvfrom(timeout_ms)
         self.idle()
-        return self.udp.recvfrom(min(timeout_ms, IDLE_MS))
+        return self.udp.recvfrom(min(timeout_ms, _IDLE_MS))
 
     def _match(self, got, mid, token):
         """The response bytes if `got` answers us, b"" for an empty ACK, None to keep waiting."""
@@ -138,7 +113,7 @@ class CoAPLink:
 
     def _separate(self, token):
         board = self.board
-        deadline = board.ticks_add(board.ticks_ms(), SEPARATE_TIMEOUT_MS)
+        deadline = board.ticks_add(board.ticks_ms(), _SEPARATE_TIMEOUT_MS)
         while board.ticks_diff(deadline, board.ticks_ms()) > 0:
             got = self.recvfrom(board.ticks_diff(deadline, board.ticks_ms()))
             if got is None:

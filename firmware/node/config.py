@@ -16,9 +16,14 @@
 #                                              the gateway's wake-ups come to it (0: any)
 #   "lora": {"freq_hz": 868100000, "sf": 7, "bw_hz": 125000, "cr": 1, "preamble": 8,
 #            "power_dbm": 14, "rx_window_ms": 3000, "confirmed_tries": 3},
+#            power_dbm: +14 at most (EU868: 25 mW ERP). A battery node listens for the answer
+#            at a fixed delay after each uplink (node/loralink.py RX_DELAY_MS); rx_window_ms
+#            is how long an always-on lamp waits for it in continuous receive
+#            (firmware/README.md "LoRa timing")
 #   "oscore": {"secret": "<32 hex>", "salt": "<16 hex>", "sender_id": "<hex>",
 #              "recipient_id": "<hex>", "id_context": "<hex>" or null},
-#   "pins": {...},                     overrides of the board's pin map, key by key
+#   "pins": {...},                     overrides of the board's pin map, key by key; a bin's
+#                                      "ranger_power": GPIO of the ranger's load switch
 #   "boot_tries": 3,                   failed boots in a row before safe mode
 #   "watchdog_ms": 60000,             above the longest CoAP back-off wait (16 x 3 s)
 #   "ring_slots": 64,                  flash ring capacity in records (64 bytes each)
@@ -29,7 +34,8 @@
 # atomically (write config.new, then rename) so a power cut leaves the old or the new one.
 
 import json
-import os
+
+from firmware.node.cfgfile import save  # noqa: F401 - part of this module's API
 
 _KINDS = ("leak", "occupancy", "lighting", "binfill")
 _LINKS = ("coap", "lora")
@@ -178,12 +184,3 @@ def load(board, name="config.json"):
     except ValueError:
         return defaults(), ["config: not JSON"]
     return validate(raw)
-
-
-def save(board, cfg, name="config.json"):
-    """Replace the config file atomically: a power cut leaves the old file or the new one."""
-    tmp = name + ".new"
-    with board.open(tmp, "w") as f:
-        f.write(json.dumps(cfg))
-        f.flush()
-    os.rename(board.path(tmp), board.path(name))

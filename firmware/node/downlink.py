@@ -3,9 +3,12 @@
 # schema, a value the kind refuses, a record for another kind) is refused with an error that
 # the next status carries, and never raises: a downlink cannot crash a node.
 #
-# Acknowledgement: the response itself proves the gateway stored the uplink; that the node
-# applied a downlink shows in the next status (config applied, `error` empty) and, when the
-# gateway numbers its downlinks (an "id" field), in the ids listed back (node.acks).
+# Acknowledgement: the response itself proves the gateway stored the uplink. What the node
+# did with each downlink it says by id (the gateway numbers every record: its "id" field) in
+# an `ack` record (protocol/schema.py): ids applied in `confirm`, ids refused in `refused`
+# with the reason. The ack is queued like an alarm: ahead of the backlog in this very flush,
+# confirmable over LoRa, kept in the flash ring if the link fails. So the gateway, which
+# sends an unanswered downlink again with every response, hears back before it would.
 
 from protocol import cbor, schema
 
@@ -27,33 +30,91 @@ def _fields(record):
     return out
 
 
+class Refusal(ValueError):
+    """A record this node will not apply; `reason` is one of schema.REFUSALS."""
+
+    def __init__(self, reason, text):
+        super().__init__(text)
+        self.reason = reason
+
+
 def apply(node, payload):
-    """Apply every record of a downlink payload; returns the number applied."""
+    """Apply every record of a downlink payload, then queue the ack naming their ids;
+    returns the number applied."""
     if not payload:
         return 0
     try:
-        records = schema.decode_downlink(cbor.loads(payload))
-    except ValueError as e:  # CBORDecodeError, SchemaError
+        obj = cbor.loads(payload)
+    except ValueError as e:  # CBORDecodeError: no record, so no id to name
         node.error("downlink refused: " + str(e))
         return 0
     applied = 0
+    done = []  # type: list  # ids applied
+    refused = {}  # type: dict  # reason -> ids
     changed = False
+    try:
+        records = schema.decode_downlink(obj)
+    except ValueError as e:  # SchemaError
+        node.error("downlink refused: " + str(e))
+        records = _readable(obj, refused)
     for record in records:
+        rid = record.get("id")
+        if rid is not None and (rid in done or _among(refused, rid)):
+            continue  # the same id twice in one downlink: answered once
         try:
             changed = _apply_one(node, record) or changed
-            applied += 1
-            if record.get("id") is not None:
-                node.acks.append(record["id"])
-        except ValueError as e:
+        except Exception as e:  # noqa: BLE001 - no downlink may crash the node
+            reason = getattr(e, "reason", "invalid" if isinstance(e, ValueError) else "failed")
             node.error("downlink %s refused: %s" % (record.get("type"), e))
+            if rid is not None:
+                refused.setdefault(reason, []).append(rid)
+            continue
+        applied += 1
+        if rid is not None:
+            done.append(rid)
+    _ack(node, done, refused)
     if changed:
         try:
-            from firmware.node import config
+            from firmware.node.cfgfile import save
 
-            config.save(node.board, node.cfg)
+            save(node.board, node.cfg)
         except OSError as e:
             node.error("config not saved: %s" % e)
     return applied
+
+
+def _readable(obj, refused):
+    """The records of a downlink that did not decode whole, each on its own: one this node
+    cannot read (from a newer schema, say) is refused alone, by the id it still shows."""
+    out = []  # type: list
+    if not isinstance(obj, (list, tuple)):
+        return out
+    for part in obj[1 : schema.MAX_RECORDS + 1]:
+        try:
+            out += schema.decode_downlink([obj[0], part])
+        except ValueError:
+            for rid in schema.downlink_ids([0, part]):
+                if not _among(refused, rid):
+                    refused.setdefault("malformed", []).append(rid)
+    return out
+
+
+def _among(refused, rid):
+    return any(rid in ids for ids in refused.values())
+
+
+def _ack(node, done, refused):
+    """Queue the ack records: one per refusal reason, the confirmed ids in the first."""
+    for reason in schema.REFUSALS:
+        ids = refused.get(reason)
+        if ids:
+            msg = {"type": "ack", "refused": ids, "reason": reason}
+            if done:
+                msg["confirm"] = done
+                done = None
+            node.queue(msg, True)
+    if done:
+        node.queue({"type": "ack", "confirm": done}, True)
 
 
 def _apply_one(node, record):
@@ -73,7 +134,7 @@ def _apply_one(node, record):
     target = KIND_CONFIG.get(rtype)
     if target is not None:
         if target != kind_name:
-            raise ValueError("for a %s node, this is a %s node" % (target, kind_name))
+            raise Refusal("wrong_kind", "for a %s node, this is a %s node" % (target, kind_name))
         changes = _fields(record)
         # the kind validates every key before applying any (ValueError names the bad one)
         node.kind.configure(changes)
@@ -91,8 +152,12 @@ def _apply_one(node, record):
         elif name == "identify":
             node.identify_s = record.get("duration_s") or 10
         elif name in KIND_COMMANDS:
-            node.take(node.kind.command(record, node.now()))
+            try:
+                out = node.kind.command(record, node.now())
+            except ValueError as e:  # the kinds raise it for a command they do not handle
+                raise Refusal("unsupported", str(e))
+            node.take(out)
         else:
-            raise ValueError("unknown command " + str(name))
+            raise Refusal("unsupported", "unknown command " + str(name))
         return False
-    raise ValueError("unexpected record type " + str(rtype))
+    raise Refusal("unsupported", "unexpected record type " + str(rtype))

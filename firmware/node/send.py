@@ -5,10 +5,22 @@
 # the gateway acknowledged the uplink that carried it; what could not go is appended to the
 # ring at the end.
 
-from firmware.node import config, rtcstate
-from protocol import cbor, schema
+import sys
 
-MAX_MESSAGES = 16  # uplinks per cycle: a long backlog drains over a few cycles
+from micropython import const
+
+from firmware.node import rtcstate
+from firmware.node.link import LinkDown, Refused
+from protocol import cbor
+from protocol import schema as _schema
+
+_MAX_MESSAGES = const(16)  # uplinks per cycle: a long backlog drains over a few cycles
+# the schema's numbers only: the module itself is dropped for the exchange (node/app.py park)
+_VERSION = _schema.SCHEMA_VERSION
+_MAX_RECORDS = _schema.MAX_RECORDS
+_K_AGE = _schema.K_AGE
+_K_SEQ = _schema.K_SEQ
+del _schema
 
 
 def context(node):
@@ -17,7 +29,9 @@ def context(node):
     from protocol.oscore import SecurityContext
     from protocol.oscore_seq import SenderSequence
 
-    keys = config.oscore_material(node.cfg["oscore"])
+    keys = node.keys  # decoded at start-up (node/app.py), or the error text
+    if isinstance(keys, str):
+        raise ValueError(keys)
     sequence = SenderSequence(SeqStore(node.board, node.state, "oseq", "oseq.bin"), 64)
     return SecurityContext(
         keys["secret"],
@@ -31,8 +45,6 @@ def context(node):
 
 def open_link(node):
     """The configured link, or None without key material (the error goes to the status)."""
-    from firmware.node.coaplink import LinkDown
-
     cfg = node.cfg
     try:
         ctx = context(node)
@@ -51,7 +63,7 @@ def open_link(node):
         def keep_ledger():
             # in RTC memory after every transmission: a reset must not forget airtime spent
             node.state["led"] = ledger.to_bytes()
-            rtcstate.save(node.board, node.state)
+            rtcstate.save_live(node.board, node.state)
 
         lora = LoRaLink(
             node.board,
@@ -85,7 +97,7 @@ def _record(node, slot, i):
         return None
     now = node.now()
     if now > taken:
-        wire[schema.K_AGE] = now - taken
+        wire[_K_AGE] = now - taken
     return [wire, alarm, slot, -1]
 
 
@@ -103,7 +115,7 @@ def batch(node, limit):
     # the order as (ring slot, fresh index) pairs; records are read from flash only as far
     # as the message has room (an SF12 frame holds one record of a long backlog)
     order = []  # type: list
-    slots = ring.pending(schema.MAX_RECORDS)
+    slots = ring.pending(_MAX_RECORDS)
     for slot in slots:
         if ring.is_alarm(slot):
             order.append((slot, -1))
@@ -126,7 +138,7 @@ def batch(node, limit):
         if n + 3 > limit:
             _drop(node, item, n)  # it would block the queue for ever
             continue
-        if size + n > limit or len(out) >= schema.MAX_RECORDS:
+        if size + n > limit or len(out) >= _MAX_RECORDS:
             break  # the rest waits: records go in order, oldest first
         out.append(item)
         size += n
@@ -135,43 +147,67 @@ def batch(node, limit):
 
 def flush(node):
     """Send what is queued and what the ring holds; keep in the ring what did not go."""
-    from firmware.node import downlink
-    from firmware.node.coaplink import LinkDown, Refused
-
     ring = node.ring
     if not node.fresh and not len(ring):
         return  # nothing to say: no radio, no WiFi (a meter's pulse wake, a quiet sample)
+    loaded = None
     try:
-        if node.link is None:
-            node.link = open_link(node)
-        link = node.link
-        if link is not None:
-            for _ in range(MAX_MESSAGES):
-                items = batch(node, link.max_payload())
-                if not items:
+        for _ in range(_MAX_MESSAGES):
+            if not node.fresh and not len(ring):
+                break  # all sent (a link closed for a downlink stays closed if no ack is due)
+            if node.link is None:
+                if node.lean:
+                    loaded = list(sys.modules)
+                node.link = open_link(node)
+                if node.link is None:
                     break
-                payload = cbor.dumps([schema.SCHEMA_VERSION] + [b[0] for b in items])
-                confirmed = any(b[1] for b in items)
-                response = link.exchange(payload, confirmed)
-                node.feed()
-                node.sent += len(items)
-                ring.mark_sent([b[2] for b in items if b[2] >= 0])
-                done = [b[3] for b in items if b[3] >= 0]
-                node.fresh = [node.fresh[i] for i in range(len(node.fresh)) if i not in done]
-                if response is not None:
-                    _answered(node, link)
+            link = node.link
+            items = batch(node, link.max_payload())
+            if not items:
+                break
+            payload = cbor.dumps([_VERSION] + [b[0] for b in items])
+            confirmed = any(b[1] for b in items)
+            response = link.exchange(payload, confirmed)
+            del payload
+            node.feed()
+            node.sent += len(items)
+            ring.mark_sent([b[2] for b in items if b[2] >= 0])
+            done = [b[3] for b in items if b[3] >= 0]
+            node.fresh = [node.fresh[i] for i in range(len(node.fresh)) if i not in done]
+            del items
+            if response is not None:
+                _answered(node, link)
+                if response:
+                    if loaded is not None:
+                        # a battery node applies it with the link closed and its modules
+                        # dropped (the schema and the kind come back for it); an ack to
+                        # send opens the link again
+                        node.link = None
+                        link.close()
+                        del link
+                        _forget_since(loaded)
+                        loaded = None
+                    from firmware.node import downlink
+
                     downlink.apply(node, response)
     except (LinkDown, Refused, ValueError, OSError) as e:
         # ValueError: an OSCORE failure (bad tag, Echo refused again) is this exchange lost
         node.error("link: %s" % e)
+    now = node.now()  # one time for the cycle's records: they were taken together
     for wire, alarm in node.fresh:
         if wire is None:
             continue
         try:
-            ring.append(cbor.dumps(wire), wire[schema.K_SEQ], node.now(), alarm)
+            ring.append(cbor.dumps(wire), wire[_K_SEQ], now, alarm)
         except ValueError as e:
             node.error("record dropped: %s" % e)
     node.fresh = []
+
+
+def _forget_since(loaded):
+    from firmware.node.app import forget
+
+    forget(*[name for name in sys.modules if name not in loaded])
 
 
 def _answered(node, link):

@@ -11,9 +11,11 @@
 import struct
 from binascii import crc32
 
+from micropython import const
+
 from firmware.node import rtcstate
 
-_SLOT = 12
+_SLOT = const(12)
 
 
 class SeqStore:

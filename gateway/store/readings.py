@@ -66,6 +66,23 @@ CREATE TABLE IF NOT EXISTS counters(
 
 EVICTION_CLASSES = ("delivered", "routine", "alarm")
 _READING_COLUMNS = "reading_id, node_id, kind, received_at, age_s, data, alarm"
+# Set-based writes for `Store.add_in`: rows come from one JSON array parameter. A reading's
+# data is a JSON object inside that array, and json_extract returns it as compact JSON text,
+# exactly as json.dumps(data, separators=(",", ":"), sort_keys=True) writes it.
+_STORED_AMONG = (
+    "SELECT reading_id FROM readings WHERE reading_id IN (SELECT value FROM json_each(?))"
+)
+_INSERT_READINGS = (
+    "INSERT INTO readings(reading_id, node_id, kind, received_at, age_s, alarm, open, data)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
+    " json_extract(value, '$[5]'), ?1, json_extract(value, '$[6]')"
+    " FROM json_each(?2) ORDER BY key"
+)
+_FILL_OUTBOXES = (
+    "INSERT INTO pending(sink, seq) SELECT s.value, r.seq FROM json_each(?1) AS s, readings AS r"
+    " WHERE r.seq >= ?2"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,32 +207,47 @@ class Store:
     # -- writes (the *_in functions run inside a group transaction on the writer thread) ----
 
     def add_in(self, conn: sqlite3.Connection, readings: Iterable[Reading]) -> list[bool]:
-        """Insert readings; for each, whether it was new (a duplicate id is ignored)."""
+        """Insert readings; for each, whether it was new (a duplicate id is ignored).
+
+        Set-based, for a whole commit group's readings at once (the pipeline's batch): one
+        statement inserts them and one fills the sinks' outboxes. A reading id already stored
+        (a resend) makes the insert fail as a whole, which undoes it; only then are the stored
+        ids looked up and the new readings inserted alone. Each reading's data is serialised
+        once, inside the one JSON document the insert reads its rows from.
+        """
+        readings = list(readings)
+        rows: dict[str, tuple[Any, ...]] = {}  # by id: the same id twice, the first one counts
         fresh = []
         for r in readings:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO readings"
-                "(reading_id, node_id, kind, received_at, age_s, alarm, open, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    r.reading_id,
-                    r.node_id,
-                    r.kind,
-                    r.received_at,
-                    r.age_s,
-                    int(r.alarm),
-                    1 if self.sinks else 0,
-                    json.dumps(r.data, separators=(",", ":"), sort_keys=True),
-                ),
-            )
-            is_new = cursor.rowcount == 1
-            fresh.append(is_new)
-            if is_new and self.sinks:
-                seq = cursor.lastrowid
-                conn.executemany(
-                    "INSERT INTO pending(sink, seq) VALUES (?, ?)", [(s, seq) for s in self.sinks]
-                )
+            fresh.append(r.reading_id not in rows)
+            if fresh[-1]:
+                rows[r.reading_id] = (
+                    r.reading_id, r.node_id, r.kind, r.received_at, r.age_s, r.alarm, r.data
+                )  # fmt: skip
+        try:
+            self._insert(conn, list(rows.values()))
+        except sqlite3.IntegrityError:  # some were stored before: this is the rare path
+            ids = json.dumps(list(rows))
+            stored = {row[0] for row in conn.execute(_STORED_AMONG, (ids,))}
+            self._insert(conn, [row for rid, row in rows.items() if rid not in stored])
+            seen = set(stored)
+            fresh = []
+            for r in readings:
+                fresh.append(r.reading_id not in seen)
+                seen.add(r.reading_id)
         return fresh
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        document = json.dumps(rows, separators=(",", ":"), sort_keys=True, allow_nan=False)
+        cursor = conn.execute(_INSERT_READINGS, (1 if self.sinks else 0, document))
+        if self.sinks:
+            # One statement, no conflict: AUTOINCREMENT gave the rows consecutive seqs, the
+            # highest being the last insert's rowid.
+            assert cursor.lastrowid is not None
+            first_seq = cursor.lastrowid - len(rows) + 1
+            conn.execute(_FILL_OUTBOXES, (json.dumps(self.sinks), first_seq))
 
     async def add(self, readings: Sequence[Reading]) -> int:
         """Store readings durably; returns how many were new once their group has committed."""
@@ -397,11 +429,15 @@ class Store:
 
 
 def _used_bytes(conn: sqlite3.Connection) -> int:
-    """Bytes of pages holding data: free pages are reused before the file grows."""
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-    size = conn.execute("PRAGMA page_size").fetchone()[0]
-    return int((pages - free) * size)
+    """Bytes of pages holding data: free pages are reused before the file grows.
+
+    One statement, as it runs before every commit (see gateway/store/db.py on why the writer
+    counts statements)."""
+    (used,) = conn.execute(
+        "SELECT (p.page_count - f.freelist_count) * s.page_size"
+        " FROM pragma_page_count() AS p, pragma_freelist_count() AS f, pragma_page_size() AS s"
+    ).fetchone()
+    return int(used)
 
 
 _EVICTION_ORDER = (("delivered", "open = 0"), ("routine", "alarm = 0"), ("alarm", "1"))

@@ -8,12 +8,20 @@ through `Database.read`.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.store.db import Database
 
-SCHEMA = """
+HISTORY_PER_NODE = 500
+_PRUNE_EVERY = 50  # prune a node's history once every this many of its uplinks
+
+# The history is pruned by a trigger on the node's uplink count, so it costs no statement of
+# its own in the writer (see gateway/store/db.py on why statements are counted). Dropped and
+# created again at every start, so the trigger always has the constants above.
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS node_state(
     node_id TEXT PRIMARY KEY,
     last_seen REAL NOT NULL,
@@ -36,10 +44,16 @@ CREATE TABLE IF NOT EXISTS node_history(
     firmware TEXT
 );
 CREATE INDEX IF NOT EXISTS node_history_node ON node_history(node_id, id);
+DROP TRIGGER IF EXISTS node_history_prune;
+CREATE TRIGGER node_history_prune AFTER UPDATE OF uplinks ON node_state
+WHEN NEW.uplinks % {_PRUNE_EVERY} = 0
+BEGIN
+    DELETE FROM node_history WHERE node_id = NEW.node_id AND id <= (
+        SELECT id FROM node_history WHERE node_id = NEW.node_id
+        ORDER BY id DESC LIMIT 1 OFFSET {HISTORY_PER_NODE}
+    );
+END;
 """
-
-HISTORY_PER_NODE = 500
-_PRUNE_EVERY = 50  # prune a node's history once every this many of its uplinks
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,41 +83,51 @@ class NodeState:
     last_alarm_at: float | None
 
 
+# Both statements read the reports from one JSON array of
+# [node_id, at, link, rssi_dbm, snr_db, battery_mv, firmware, alarm_at] rows, in order, so a
+# node with two uplinks in one batch ends with the state of the later one.
+_UPSERT_STATE = (
+    "INSERT INTO node_state(node_id, last_seen, link, rssi_dbm, snr_db, battery_mv, firmware,"
+    " uplinks, last_alarm_at)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
+    " json_extract(value, '$[5]'), json_extract(value, '$[6]'), 1, json_extract(value, '$[7]')"
+    " FROM json_each(?) WHERE true ORDER BY key"  # `WHERE` tells ON CONFLICT from a join's ON
+    " ON CONFLICT(node_id) DO UPDATE SET last_seen = excluded.last_seen,"
+    " link = excluded.link, rssi_dbm = COALESCE(excluded.rssi_dbm, rssi_dbm),"
+    " snr_db = COALESCE(excluded.snr_db, snr_db),"
+    " battery_mv = COALESCE(excluded.battery_mv, battery_mv),"
+    " firmware = COALESCE(excluded.firmware, firmware), uplinks = uplinks + 1,"
+    " last_alarm_at = COALESCE(excluded.last_alarm_at, last_alarm_at)"
+)
+_APPEND_HISTORY = (
+    "INSERT INTO node_history(node_id, at, link, rssi_dbm, snr_db, battery_mv, firmware)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'),"
+    " json_extract(value, '$[5]'), json_extract(value, '$[6]')"
+    " FROM json_each(?) ORDER BY key"
+)
+
+
+def record_many_in(conn: sqlite3.Connection, reports: Sequence[NodeReport]) -> None:
+    """Update the nodes' state and append to their history (inside a group transaction):
+    two statements for any number of reports."""
+    if not reports:
+        return
+    rows = []
+    for r in reports:
+        alarm_at = r.at if r.alarm else None
+        rows.append(
+            (r.node_id, r.at, r.link, r.rssi_dbm, r.snr_db, r.battery_mv, r.firmware, alarm_at)
+        )
+    document = json.dumps(rows, separators=(",", ":"), allow_nan=False)
+    conn.execute(_UPSERT_STATE, (document,))
+    conn.execute(_APPEND_HISTORY, (document,))
+
+
 def record_in(conn: sqlite3.Connection, report: NodeReport) -> None:
     """Update the node's state and append to its history (inside a group transaction)."""
-    r = report
-    (uplinks,) = conn.execute(
-        "INSERT INTO node_state(node_id, last_seen, link, rssi_dbm, snr_db, battery_mv,"
-        " firmware, uplinks, last_alarm_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)"
-        " ON CONFLICT(node_id) DO UPDATE SET last_seen = excluded.last_seen,"
-        " link = excluded.link, rssi_dbm = COALESCE(excluded.rssi_dbm, rssi_dbm),"
-        " snr_db = COALESCE(excluded.snr_db, snr_db),"
-        " battery_mv = COALESCE(excluded.battery_mv, battery_mv),"
-        " firmware = COALESCE(excluded.firmware, firmware), uplinks = uplinks + 1,"
-        " last_alarm_at = COALESCE(excluded.last_alarm_at, last_alarm_at)"
-        " RETURNING uplinks",
-        (
-            r.node_id,
-            r.at,
-            r.link,
-            r.rssi_dbm,
-            r.snr_db,
-            r.battery_mv,
-            r.firmware,
-            r.at if r.alarm else None,
-        ),
-    ).fetchone()
-    conn.execute(
-        "INSERT INTO node_history(node_id, at, link, rssi_dbm, snr_db, battery_mv, firmware)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (r.node_id, r.at, r.link, r.rssi_dbm, r.snr_db, r.battery_mv, r.firmware),
-    )
-    if uplinks % _PRUNE_EVERY == 0:  # the node's own count: every node gets pruned
-        conn.execute(
-            "DELETE FROM node_history WHERE node_id = ? AND id <= (SELECT id FROM node_history"
-            " WHERE node_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-            (r.node_id, r.node_id, HISTORY_PER_NODE),
-        )
+    record_many_in(conn, (report,))
 
 
 def _state(row: tuple[object, ...]) -> NodeState:

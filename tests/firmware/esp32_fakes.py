@@ -113,6 +113,8 @@ def install(reset_cause=1, wake_reason=0):
 
     machine.deepsleep = deepsleep
     machine.reset = lambda: calls.append(("reset",))
+    machine.lightsleep = lambda ms: calls.append(("lightsleep", ms))
+    machine.freq = lambda hz: calls.append(("freq", hz))
     esp32 = _Module()
     esp32.PCNT = PCNT
     esp32.wake_on_ext0 = lambda pin, level: calls.append(("ext0", pin.id, level))

@@ -1,14 +1,15 @@
 """A tiny gateway stand-in for the node tests, run as its own process (so it can be SIGKILLed):
 
     python -m tests.firmware.node_peer coap KEYS_DIR PORT LOG DOWNLINKS
-    python -m tests.firmware.node_peer lora KEYS_DIR MEDIUM_PORT LOG DOWNLINKS X Y SF
+    python -m tests.firmware.node_peer lora KEYS_DIR MEDIUM_PORT LOG DOWNLINKS X Y SF [SCALE]
 
 `coap`: aiocoap with OscoreSiteWrapper serving POST /u on 127.0.0.1:PORT. `lora`: a radio on
-the simulated medium at (X, Y), listening on 868.1 MHz SF/125 kHz and
-answering in the node's RX window through gateway.security's frame functions. Either way,
-every accepted uplink is decoded with cbor2 + protocol.schema and appended to LOG as one JSON
-line {"node", "seqno", "records", "con"} ("con": a confirmable LoRa frame; None over UDP),
-and the response carries the downlink records waiting in the JSON file DOWNLINKS (a list;
+the simulated medium at (X, Y), listening on 868.1 MHz SF/125 kHz and answering in the node's
+RX window through gateway.security's frame functions: its answer starts RX_DELAY_MS after the
+uplink ended (firmware/node/loralink.py), on the medium's clock (SCALE: its --time-scale).
+Either way, every accepted uplink is decoded with cbor2 + protocol.schema and appended to LOG
+as one JSON line {"node", "seqno", "records", "con"} ("con": a confirmable LoRa frame; None
+over UDP), and the response carries the downlink records waiting in the JSON file DOWNLINKS (a list;
 emptied once sent). Prints READY once listening.
 """
 
@@ -37,6 +38,8 @@ from gateway.security import (
     unprotect_frame,
 )
 from protocol import schema
+
+RX_DELAY_MS = 1000  # firmware/node/loralink.py RX_DELAY_MS (test_node_lora checks they agree)
 
 
 class Peer:
@@ -87,13 +90,21 @@ async def serve_coap(keys: Path, port: int, peer: Peer, stop: asyncio.Event) -> 
 
 class LoRaGateway(asyncio.DatagramProtocol):
     def __init__(
-        self, peer: Peer, credentials: Any, medium: tuple[str, int], pos: list[float], sf: int
+        self,
+        peer: Peer,
+        credentials: Any,
+        medium: tuple[str, int],
+        pos: list[float],
+        sf: int,
+        *,
+        scale: float = 1.0,
     ) -> None:
         self.channel = {"freq": 868100000, "sf": sf, "bw": 125000}
         self.peer = peer
         self.credentials = credentials
         self.medium = medium
         self.pos = pos
+        self.delay_s = RX_DELAY_MS / 1000 / scale
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -115,26 +126,41 @@ class LoRaGateway(asyncio.DatagramProtocol):
             return
         if msg["op"] != "rx":
             return
+        # the uplink just ended: the answer must start RX_DELAY_MS from now, when the node opens
+        # its receiver (answering any earlier or later, it would not hear it)
+        due = asyncio.get_running_loop().time() + self.delay_s
         frame = bytes.fromhex(msg["data"])
         try:
             req = unprotect_frame(self.credentials, frame)
         except FrameRefused as e:
             if e.reply is not None:
-                self.send({"op": "tx", "data": e.reply.hex(), "t": 0})
+                self.answer_at(due, e.reply)
             return
         con = req.outer.mtype == aiocoap.CON
         answer = self.peer.accept(req.node_id, req.seqno, req.request.payload, con)
         reply = aiocoap.Message(code=aiocoap.CHANGED, payload=answer)
-        self.send({"op": "tx", "data": protect_reply(req, reply).hex(), "t": 0})
+        self.answer_at(due, protect_reply(req, reply))
+
+    def answer_at(self, due: float, frame: bytes) -> None:
+        asyncio.get_running_loop().call_at(
+            due, self.send, {"op": "tx", "data": frame.hex(), "t": 0}
+        )
 
 
 async def serve_lora(
-    keys: Path, port: int, peer: Peer, stop: asyncio.Event, *, pos: list[float], sf: int
+    keys: Path,
+    port: int,
+    peer: Peer,
+    stop: asyncio.Event,
+    *,
+    pos: list[float],
+    sf: int,
+    scale: float = 1.0,
 ) -> None:
     credentials = load_credentials(keys)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(
-        lambda: LoRaGateway(peer, credentials, ("127.0.0.1", port), pos, sf),
+        lambda: LoRaGateway(peer, credentials, ("127.0.0.1", port), pos, sf, scale=scale),
         local_addr=("127.0.0.1", 0),
     )
     print("READY", flush=True)
@@ -154,7 +180,10 @@ async def main(argv: list[str]) -> None:
             await serve_coap(Path(keys), int(port), peer, stop)
         else:
             pos = [float(argv[5]), float(argv[6])]
-            await serve_lora(Path(keys), int(port), peer, stop, pos=pos, sf=int(argv[7]))
+            scale = float(argv[8]) if len(argv) > 8 else 1.0
+            await serve_lora(
+                Path(keys), int(port), peer, stop, pos=pos, sf=int(argv[7]), scale=scale
+            )
 
 
 if __name__ == "__main__":

@@ -114,6 +114,51 @@ print(json.dumps({"total": total, "user": b2.rtc_read()[:10].decode(), "len": le
     assert out["sleep"] == [["deepsleep", 900000]]
 
 
+def test_the_node_state_survives_deep_sleep_in_rtc_memory(tmp_path: Path) -> None:
+    """rtc_read gives back exactly the bytes of the last rtc_write (the node's CRC covers them
+    all: padding returned with them would make it forget its state on every wake)."""
+    out = esp32(
+        tmp_path,
+        """
+from firmware.node import rtcstate
+b = Board()
+b.pulse_counter(34)
+fakes.PCNT.count = 7
+state = {"boots": 3, "tries": 0, "oseq": 41, "rseq": 12, "led": b"\\x01\\x02"}
+rtcstate.save(b, state)
+state["oseq"] = 42
+rtcstate.save_counters(b, state)
+try:
+    b.deep_sleep(900000)
+except fakes.SleepCalled:
+    pass
+fakes.install(reset_cause=4, wake_reason=4)
+from firmware.boards.esp32 import Board as Board2
+b2 = Board2()
+kept = rtcstate.load(b2)
+kept["led"] = kept["led"].hex()
+print(json.dumps({"kept": kept, "pulses": b2.pulse_counter(34).value() - fakes.PCNT.count}))
+""",
+    )
+    assert out["kept"] == {"boots": 3, "tries": 0, "oseq": 42, "rseq": 12, "led": "0102"}
+    assert out["pulses"] == 7  # the board's own count rode along in its last 8 bytes
+
+
+def test_awake_waits_run_at_80_mhz_and_light_sleep_goes_to_the_machine_module(
+    tmp_path: Path,
+) -> None:
+    out = esp32(
+        tmp_path,
+        """
+b = Board()
+b.sleep_ms(1); b.sleep_ms(10); b.light_sleep_ms(980); b.light_sleep_ms(0)
+print(json.dumps([c for c in fakes.calls if c[0] in ("freq", "lightsleep")]))
+""",
+    )
+    # a 1 ms poll keeps the clock; a 10 ms wait idles at 80 MHz and comes back to 160
+    assert out == [["freq", 80000000], ["freq", 160000000], ["lightsleep", 980]]
+
+
 def test_watchdog_pins_and_pwm_go_to_the_machine_module(tmp_path: Path) -> None:
     out = esp32(
         tmp_path,

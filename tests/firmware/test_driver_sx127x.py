@@ -281,3 +281,28 @@ def test_continuous_receive_keeps_listening(rig):
 def test_airtime_matches_the_protocol_formula(rig, n, sf, bw):
     radio, _, _, _ = rig(sf=sf, bw_hz=bw)
     assert radio.airtime_ms(n) == math.ceil(time_on_air_ms(n, sf, bw_hz=bw))
+
+
+def test_a_window_with_rx_symbols_searches_that_many_symbols_and_sleeps_through_them(rig):
+    radio, chip, _, _ = rig(rx_symbols=46)
+    radio.begin()
+    start = rig.clock.ticks_ms()
+    assert radio.receive(400) is None  # timeout_ms bounds the call, not the search
+    assert chip.writes_to(0x1F)[-1] == 46  # RegSymbTimeoutLsb: 46 symbols, not 400 ms worth
+    assert chip.writes_to(0x1E)[-1] == 0x74  # SymbTimeout bits 9-8 clear beside SF7 + CRC
+    assert RXSINGLE in chip.modes
+    # one sleep through the 46 symbols (47 ms), then polls until RxTimeout
+    assert rig.clock.ticks_ms() - start >= 47
+    assert chip.regs[0x01] == STDBY
+
+
+def test_a_battery_radio_sleeps_after_txdone_and_waits_the_airtime_in_one_go(rig):
+    radio, chip, _, _ = rig(sleep_after_tx=True)
+    radio.begin()
+    start = rig.clock.ticks_ms()
+    assert radio.send(bytes(20)) is True
+    assert rig.clock.ticks_ms() - start >= radio.airtime_ms(20) - 2
+    assert chip.modes[-1] == SLEEP  # 0.2 uA instead of STANDBY's 1.6 mA until the RX window
+    # the window wakes it: STANDBY, then RXSINGLE
+    radio.receive(50)
+    assert chip.modes[-3:] == [STDBY, RXSINGLE, STDBY]

@@ -51,7 +51,7 @@ def test_uplinks_reach_the_gateway_and_a_downlink_comes_back_in_the_rx_window(
     tmp_path: Path, radio_world: Any
 ) -> None:
     medium, keys, oscore = radio_world
-    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "7")
+    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "7", "50")
     try:
         node = lora_node(tmp_path, oscore, medium, 7)
         peer.queue([{"type": "leak_config", "pulse_ml": 2000}])
@@ -79,7 +79,7 @@ def test_lora_sends_never_exceed_the_duty_cycle_and_refused_records_wait_in_flas
     """SF12 and a reading every minute need about 2 s of airtime a minute: three times the
     1 % the sub-band allows. The ledger must refuse the excess; the records wait in flash."""
     medium, keys, oscore = radio_world
-    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "12")
+    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "12", "50")
     try:
         node = lora_node(tmp_path, oscore, medium, 12, report_s=60)
         runs = node.cycles(26)
@@ -121,7 +121,7 @@ def test_an_alarm_goes_confirmable_and_waits_in_flash_until_acknowledged(
     lost = node.cycles(1)[0]  # no gateway: three confirmable tries, then the ring
     assert "no acknowledgement in 3 windows" in lost.output
     assert medium.stats()["senders"]["0,0"]["M"]["frames"] == 3  # the same frame, 3 times
-    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "7")
+    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "7", "50")
     try:
         node.cycles(1)
         uplinks = peer.uplinks()

@@ -145,10 +145,14 @@ class Feeder(asyncio.DatagramProtocol):
         self.transport = transport
         tasks = [asyncio.create_task(self.node(n)) for n in NODES]
         stop = asyncio.create_task(self.stopping.wait())
-        await asyncio.wait([stop], timeout=seconds)
-        self.stopping.set()
-        await asyncio.gather(*tasks, stop)
-        transport.close()
+        try:
+            await asyncio.wait([stop], timeout=seconds)
+        finally:  # also when this is cancelled: the nodes of one trial never outlive it
+            self.stopping.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, stop, return_exceptions=True)
+            transport.close()
 
     def stop(self) -> None:
         self.stopping.set()

@@ -177,7 +177,10 @@ class Nodes:
                 transport.sendto(out)
                 sent = out
             try:
-                data = await asyncio.wait_for(sock.inbox.get(), ANSWER_TIMEOUT_S)
+                # Not `wait_for`: on Python 3.11 it swallows a cancellation that lands just as
+                # the answer arrives, and `run_for` would wait forever for this node to stop.
+                async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                    data = await sock.inbox.get()
             except TimeoutError:
                 self.retransmissions += 1
                 out = sent  # the same datagram again: a CoAP retransmission
