@@ -40,6 +40,7 @@ EPOCH = 1_700_000_000
 PACKAGES = ("firmware", "protocol")
 PERIOD_S = 900  # a reading every 15 minutes
 HEAP_GOAL_KB = 48
+SPEED = 20  # the heap rows run the node (and the medium) this much faster than real time
 GATEWAY_POS = ("800", "0")
 RANGER_POWER_PIN = 25  # config pins["ranger_power"]: the bin's ranger behind a load switch
 
@@ -68,8 +69,8 @@ SX1276_RX_MA = 11.5  # IDDR, LnaBoost on (the driver sets it), 125 kHz
 SX1276_SLEEP_UA = 0.2  # IDDSL: between the uplink and the RX window too (driver sleep_after_tx)
 A02YYUW_MA = 8.0  # DFRobot A02YYUW (SEN0311) spec: average current <= 8 mA, while powered
 LDO_UA = 4.0  # HT7333 datasheet: quiescent current 4 uA typical
-DIVIDER_UA = 1.6  # a 2 x 1 MOhm battery divider at 3.2 V (the config default, 2 x 100 kOhm,
-#                   draws 16 uA: a third of the 5-year budget; see the note printed below)
+DIVIDER_UA = 1.6  # the config's default 2 x 1 MOhm battery divider at 3.2 V (2 x 100 kOhm
+#                   would draw 16 uA: a third of the 5-year budget; see the note printed below)
 BATTERY_MAH = 2600.0  # 2 x AA alkaline in series (issue 4)
 USABLE = 0.8  # assumed: self-discharge over the years, capacity left at the cut-off voltage
 # Measured elsewhere (glenn20/upy-esp32-experiments boot-time/README.md, a PPK2 on an ESP32-S3
@@ -77,7 +78,17 @@ USABLE = 0.8  # assumed: self-discharge over the years, capacity left at the cut
 BOOT_STOCK_MS = 635  # stock firmware: image validation 217 ms, boot.py/main.py from littlefs
 BOOT_TUNED_MS = 70  # on an ESP32, with CONFIG_BOOTLOADER_SKIP_VALIDATE_IN_DEEP_SLEEP and the
 #                      app run frozen from _boot.py (a custom firmware build)
-WAKE_STUB_MS = 2.8  # an ESP-IDF deep-sleep wake stub that counts a pulse and sleeps again
+# The leak node's meter pulses are counted asleep by the ULP coprocessor (firmware/boards/esp32/
+# ulp_pulse.S), started by its timer every ULP_PERIOD_MS. Measured elsewhere (one public
+# measurement of an ESP32 module, deep sleep): 20 uA with the ULP started every 5 ms against
+# 3 uA with the RTC timer alone, so 17 uA for a start every 5 ms. Assumed: the ULP's share is
+# inversely proportional to its period (each start costs the same: the RTC fast clock and the
+# ULP wake for a few dozen instructions), so 1.7 uA at 50 ms.
+ULP_MEASURED_UA = 20.0 - 3.0
+ULP_MEASURED_PERIOD_MS = 5
+ULP_PERIOD_MS = 50  # firmware/boards/esp32/ulp.py PERIOD_US
+ULP_DEBOUNCE = 2  # samples each half of a pulse must hold (ulp.py DEBOUNCE)
+ULP_UA = ULP_MEASURED_UA * ULP_MEASURED_PERIOD_MS / ULP_PERIOD_MS
 WIFI_CONNECT_MS = 1626  # same source: association + DHCP (1157 ms with a static IP)
 # Assumed, not measured here: MicroPython bytecode on an ESP32 at 160 MHz against this x86-64
 # host (clock 15-20x slower, in-order core, code in flash behind a cache)
@@ -252,7 +263,9 @@ def heap_row(tmp: Path, code: Path, link: str, kind: str) -> list[object]:
     modules: list[str] = []
     for source in ("py", "mpy"):
         # a world (keys, gateway) per node folder: its OSCORE numbers are its own
-        world = World(tmp / f"heap-{link}-{kind}-{source}-gw", link, sf=12, time_scale=50)
+        # the medium's scale must be the node's speed: the gateway answers RX_DELAY_MS after
+        # the uplink on the medium's clock, when the node's sped-up light sleep ends
+        world = World(tmp / f"heap-{link}-{kind}-{source}-gw", link, sf=12, time_scale=SPEED)
         try:
             folder = tmp / f"heap-{link}-{kind}-{source}"
             if source == "mpy":
@@ -261,13 +274,13 @@ def heap_row(tmp: Path, code: Path, link: str, kind: str) -> list[object]:
             def attempt(kb: int, folder: Path = folder, world: World = world) -> bool:
                 shutil.rmtree(folder / ".sim", ignore_errors=True)
                 (folder / "config.json").unlink(missing_ok=True)
-                # speed 20: the sim's waits go by quickly; the heap does not depend on them
-                node = world.node(folder, kind, heapsize=f"{kb}K", speed=20)
+                # sped up: the sim's waits go by quickly; the heap does not depend on them
+                node = world.node(folder, kind, heapsize=f"{kb}K", speed=SPEED)
                 return cycle_ok(world, node)
 
             peaks.append(min_heap_kb(attempt))
             if source == "mpy":
-                node = world.node(folder, kind, speed=20)
+                node = world.node(folder, kind, speed=SPEED)
                 power_on(world, node)
                 modules = at_exchange(node)
         finally:
@@ -664,8 +677,8 @@ def main() -> None:
     )
     print(
         f"stock: MicroPython as flashed today (tools/image.py: .mpy files on littlefs), wake to "
-        f"main.py {BOOT_STOCK_MS} ms, imports paid every wake. tuned: a firmware build with the "
-        f"app frozen and run from _boot.py and CONFIG_BOOTLOADER_SKIP_VALIDATE_IN_DEEP_SLEEP, "
+        f"main.py {BOOT_STOCK_MS} ms, imports paid every wake. tuned: the firmware-build/ board "
+        f"(app frozen and run from _boot.py, CONFIG_BOOTLOADER_SKIP_VALIDATE_IN_DEEP_SLEEP), "
         f"wake {BOOT_TUNED_MS} ms, no .mpy loading (module bodies still run: counted in 'cycle')."
     )
     print(
@@ -709,23 +722,27 @@ def main() -> None:
     )
     divider = 16.0 - DIVIDER_UA
     print(
-        f"With the config's default 2 x 100 kOhm divider always connected (+{divider:.1f} uA) "
-        f"no node reaches 5 years: the divider must be 2 x 1 MOhm or switched."
+        f"The battery divider is always connected: the default 2 x 1 MOhm (with 100 nF at the ADC "
+        f"pin) is counted above; 2 x 100 kOhm would add {divider:.1f} uA and no node would "
+        f"reach 5 years."
     )
-    leak = runs[0]
-    python_s = (leak["import_cpu"] + leak["cycle_cpu"]) * CPU_FACTOR
-    pulse_stock = (BOOT_STOCK_MS / 1000 + python_s) * ESP32_160_MA
-    pulse_tuned = (BOOT_TUNED_MS / 1000 + leak["cycle_cpu"] * CPU_FACTOR) * ESP32_160_MA
-    pulse_stub = WAKE_STUB_MS / 1000 * ESP32_160_MA
-    spare = BUDGET_UA - years(sum(v[1] for v in charge(runs[0], BOOT_TUNED_MS, True).values()))[0]
-    left = max(0.0, spare) / 1000 * 86400  # mAs a day the leak SF7 node has to spare
+    leak_mas = sum(v[1] for v in charge(runs[0], BOOT_TUNED_MS, True).values())
+    without, life = years(leak_mas)
+    with_ulp = without + ULP_UA
+    life_ulp = BATTERY_MAH * USABLE / (with_ulp / 1000) / 8760
+    fastest = 1000 / (2 * ULP_DEBOUNCE * ULP_PERIOD_MS)  # pulses/s: each half held 2 samples
+    pulse_tuned = (BOOT_TUNED_MS / 1000 + runs[0]["cycle_cpu"] * CPU_FACTOR) * ESP32_160_MA
     print(
-        "Leak meter pulses (not in the figures above: the sim wakes on the timer only): the "
-        f"esp32 board wakes on each (ext0) and runs a cycle, about {pulse_stock:.0f} mAs a "
-        f"pulse stock, {pulse_tuned:.0f} tuned; an ESP-IDF wake stub that counts them and "
-        f"sleeps again ({WAKE_STUB_MS} ms) {pulse_stub:.2f} mAs. What the leak SF7 node has "
-        f"to spare allows {left / pulse_tuned:.0f} pulses a day (tuned), {left / pulse_stub:.0f}"
-        " with a wake stub: a 1 L/pulse meter needs the stub or a hardware counter."
+        "Leak meter pulses: the ULP coprocessor counts them in deep sleep (the CPU never wakes "
+        f"for one), sampling the meter every {ULP_PERIOD_MS} ms: about {ULP_UA:.1f} uA more "
+        f"asleep ({ULP_MEASURED_UA:.0f} uA at a {ULP_MEASURED_PERIOD_MS} ms period, measured "
+        "elsewhere on an ESP32 module; assumed inversely proportional to the period). The leak "
+        f"LoRa SF7 node (tuned): {without:.1f} -> {with_ulp:.1f} uA, {life:.1f} -> "
+        f"{life_ulp:.1f} years. A pulse costs a few ULP instructions, not a wake: the node "
+        f"affords any rate the sampling resolves, up to {fastest:.0f} pulses/s "
+        f"({fastest * 86400:.0f} a day; a 1 L/pulse meter at 2.5 m3/h gives 0.7/s). Without "
+        f"the ULP (an image without it, another pin) each pulse wakes the CPU: {pulse_tuned:.0f}"
+        " mAs (tuned)."
     )
     print()
     print("3. Bytes on air and airtime per reading (one record per frame, OSCORE + CoAP included)")

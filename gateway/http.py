@@ -1,5 +1,8 @@
 """The gateway's HTTP side on the agent's event loop: /metrics, /healthz, and room for more.
 
+/metrics is the agent's registry (gateway/metrics.py) plus the node gauges of
+gateway/node_metrics.py, both read from the database at each scrape.
+
 `create_app(agent)` builds one aiohttp application. Other parts add their routes to the same
 app without touching this file: a module `gateway.web` exposing `setup(app)` is loaded when
 present (the field staff page), and `agent.http_setups` takes more such functions. Handlers
@@ -18,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.metrics import CONTENT_TYPE
+from gateway.node_metrics import NodeMetrics
 
 if TYPE_CHECKING:
     from gateway.agent import Agent
@@ -25,12 +29,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AGENT: web.AppKey[Agent] = web.AppKey("gateway.agent")
+NODE_METRICS: web.AppKey[NodeMetrics] = web.AppKey("gateway.node_metrics")
 WEB_MODULE = "gateway.web"
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
     agent = request.app[AGENT]
     await agent.metrics.refresh(agent)
+    await request.app[NODE_METRICS].refresh(agent)
     return web.Response(body=agent.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -71,6 +77,7 @@ async def healthz_handler(request: web.Request) -> web.Response:
 def create_app(agent: Agent) -> web.Application:
     app = web.Application()
     app[AGENT] = agent
+    app[NODE_METRICS] = NodeMetrics.of(agent.metrics.registry)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz_handler)
     setups = list(agent.http_setups)

@@ -15,22 +15,26 @@ waiting for its node) costs no statement of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import operator
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
 from gateway.downlinks import Downlink, Downlinks
-from gateway.links.base import REFUSAL_REASONS, Uplink, UplinkRefused
+from gateway.links.base import REFUSAL_REASONS, Receipts, Uplink, UplinkRefused
 from gateway.metrics import Metrics
+from gateway.records import Reading
 from gateway.registry import Registry
 from gateway.store.db import DatabaseClosed
-from gateway.store.readings import Store
-from gateway.store.status import NodeReport, record_many_in
+from gateway.store.readings import Store, add_readings_in
+from gateway.store.status import NodeReport, condition_of, record_many_in
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +56,67 @@ class UplinkWrite:
     report: NodeReport
     now: float  # the pipeline's clock when the uplink arrived (downlink expiry, confirmation)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled on the event loop for the writer process, every uplink: as plain tuples,
+        # which pickle in C, rather than as dataclasses (their generic pickling is Python
+        # code, about three times slower).
+        u = self.uplink
+        uplink = (
+            u.node_id, u.link, u.received_at, [_reading_fields(r) for r in u.readings],
+            tuple(u.confirmed_downlinks), u.refused_downlinks, u.rssi_dbm, u.snr_db,
+            u.battery_mv, u.firmware, u.max_downlinks,
+        )  # fmt: skip
+        return (_uplink_write, (uplink, _report_fields(self.report), self.now))
+
+
+# Every field, in order, so that a field added to either class travels too.
+_reading_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(Reading)))
+_report_fields = operator.attrgetter(*(f.name for f in dataclasses.fields(NodeReport)))
+
+
+def _uplink_write(uplink: tuple[Any, ...], report: tuple[Any, ...], now: float) -> UplinkWrite:
+    node_id, link, received_at, readings, confirmed, refused, *radio, max_downlinks = uplink
+    rssi_dbm, snr_db, battery_mv, firmware = radio
+    return UplinkWrite(
+        Uplink(
+            node_id=node_id,
+            link=link,
+            received_at=received_at,
+            readings=[Reading(*fields) for fields in readings],
+            confirmed_downlinks=Receipts(confirmed, refused),
+            rssi_dbm=rssi_dbm,
+            snr_db=snr_db,
+            battery_mv=battery_mv,
+            firmware=firmware,
+            max_downlinks=max_downlinks,
+        ),
+        NodeReport(*report),
+        now,
+    )
+
 
 class UplinkWrites:
-    """The writes of a commit group's uplinks, together (a `gateway.store.db.Batch`)."""
+    """The writes of a commit group's uplinks, together (a `gateway.store.db.Batch`).
 
-    def __init__(self, store: Store, downlinks: Downlinks) -> None:
-        self.store = store
+    Committed in the database's writer process when it has one (gateway/store/writer.py):
+    it pickles to a copy holding only what `run` needs, the sinks' names and a `Downlinks`
+    for its `*_in` methods, which use the connection they are given and nothing of the
+    object's own (its database and listeners stay in this process).
+    """
+
+    writer_process = True
+
+    def __init__(self, sinks: Sequence[str], downlinks: Downlinks) -> None:
+        self.sinks = tuple(sinks)
         self.downlinks = downlinks
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_writes_in_writer, (self.sinks,))
+
     def run(self, conn: sqlite3.Connection, items: Sequence[UplinkWrite]) -> list[Written]:
-        fresh = self.store.add_in(conn, [r for item in items for r in item.uplink.readings])
+        fresh = add_readings_in(
+            conn, self.sinks, [r for item in items for r in item.uplink.readings]
+        )
         record_many_in(conn, [item.report for item in items])
         nodes = json.dumps(list({item.uplink.node_id: None for item in items}))
         waiting = {row[0] for row in conn.execute(_NODES_WITH_DOWNLINKS, (nodes,))}
@@ -81,6 +136,10 @@ class UplinkWrites:
                 taken = self.downlinks.take_in(conn, uplink.node_id, now, uplink.max_downlinks)
             written.append((new, confirmed, taken))
         return written
+
+
+def _writes_in_writer(sinks: tuple[str, ...]) -> UplinkWrites:
+    return UplinkWrites(sinks, Downlinks.__new__(Downlinks))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +170,7 @@ class Pipeline:
         # (the web page's live updates hook in here).
         self.listeners: list[Callable[[Uplink, int], None]] = []
         self._last_logged: dict[tuple[str, str], tuple[float, int]] = {}
-        self._writes = UplinkWrites(store, downlinks)
+        self._writes = UplinkWrites(store.sinks, downlinks)
         self._link_metrics: dict[str, _LinkMetrics] = {}
 
     def _metrics_of(self, link: str) -> _LinkMetrics:
@@ -168,6 +227,7 @@ class Pipeline:
             battery_mv=uplink.battery_mv,
             firmware=uplink.firmware,
             alarm=any(r.alarm for r in uplink.readings),
+            condition=condition_of(uplink.readings),
         )
         try:
             written = self.store.db.submit(self._writes, UplinkWrite(uplink, report, self.clock()))

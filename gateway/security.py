@@ -30,6 +30,7 @@ import json
 import os
 import resource
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,17 +135,28 @@ def raise_open_files_limit(needed: int) -> int:
 class _SeqnoNotingContext:
     """A loaded context as `find_oscore` hands it to `OscoreSiteWrapper`, one per request:
     everything is the context's own, except that `unprotect` also keeps the request's sender
-    sequence number (the store derives stable reading ids from it). The wrapper puts this
-    object into the plain request's `remote`, which survives the copies aiocoap makes of the
-    message on its way to the resource; `request_seqno` reads it there.
+    sequence number (the store derives stable reading ids from it) and, when the link set
+    `on_refused`, reports a request it refuses (the CoAP link counts them by reason). The
+    wrapper puts this object into the plain request's `remote`, which survives the copies
+    aiocoap makes of the message on its way to the resource; `request_seqno` reads it there.
+
+    The attributes read on every request are plain ones here: `__getattr__` (the rest)
+    costs a failed lookup first.
     """
 
     def __init__(self, context: Any) -> None:
         self._context = context
+        self.authenticated_claims = context.authenticated_claims
         self.request_seqno: int | None = None
+        self.on_refused: Callable[[str, Exception], None] | None = None
 
     def unprotect(self, message: Any, request_id: Any = None) -> Any:
-        plain, rid = self._context.unprotect(message, request_id)
+        try:
+            plain, rid = self._context.unprotect(message, request_id)
+        except Exception as exc:
+            if self.on_refused is not None:
+                self.on_refused(str(self.authenticated_claims[0]), exc)
+            raise
         if rid is not None and rid.partial_iv is not None:
             self.request_seqno = int.from_bytes(rid.partial_iv, "big")
         return plain, rid
@@ -198,7 +210,7 @@ class IndexedCredentialsMap(CredentialsMap):  # type: ignore[misc]
             return _SeqnoNotingContext(item)
         if len(self._index) == len(self):
             raise KeyError(kid)
-        return super().find_oscore(unprotected)
+        return _SeqnoNotingContext(super().find_oscore(unprotected))
 
     def contexts(self) -> list[Any]:
         return list(self._index.values())

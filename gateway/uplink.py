@@ -116,8 +116,13 @@ def decode_uplink(
         if kind == "status":
             battery_mv = record.get("battery_mv", battery_mv)
             firmware = record.get("firmware", firmware)
-    if len({r.reading_id for r in readings}) != len(readings):
+    if len(readings) > 1 and len({r.reading_id for r in readings}) != len(readings):
         raise UplinkRefused("malformed", "schema: two records with the same seq")
+    receipts = (
+        Receipts([i for i in confirmed if i not in refused], refused)
+        if confirmed or refused
+        else _NO_RECEIPTS
+    )
     return Uplink(
         node_id=node_id,
         link=link,
@@ -128,8 +133,11 @@ def decode_uplink(
         battery_mv=battery_mv,
         firmware=firmware,
         max_downlinks=max_downlinks,
-        confirmed_downlinks=Receipts([i for i in confirmed if i not in refused], refused),
+        confirmed_downlinks=receipts,
     )
+
+
+_NO_RECEIPTS = Receipts()  # the usual uplink's: shared (nothing changes a Receipts)
 
 
 def encode_downlinks(

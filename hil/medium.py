@@ -17,11 +17,12 @@ Datagram format: one UTF-8 JSON object per UDP datagram; ``op`` says what it is.
 Radio -> medium
   {"op": "tx", "pos": [x, y], "freq": 868100000, "sf": 7, "bw": 125000, "cr": 1,
    "preamble": 8, "header": true, "crc": true, "ldro": null, "power": 14, "t": 1700000000000,
-   "grace_ms": 200, "data": "<hex>"}
+   "data": "<hex>"}
       Transmit. ``t`` is the sender's own clock in ms (the duty-cycle audit uses it; it need
       not match real time). After the airtime (real ms = airtime / time scale) the sender gets
-      ``txdone`` and stays listening on that channel for ``grace_ms`` real ms (the SX127x's RX
-      window opening right after TxDone), so a fast answer cannot slip between the two.
+      ``txdone``. Like an SX127x after TxDone, it then hears nothing until it sends ``listen``
+      again: a node opens its RX window itself (RX_DELAY_MS after TxDone, firmware/README.md
+      "LoRa timing"), and a gateway or a lamp goes back to continuous receive.
   {"op": "listen", "pos": [x, y], "freq": ..., "sf": ..., "bw": ..., "ms": 3000}
       Receive on that channel for ``ms`` real ms (renew before it runs out to listen
       continuously). A frame is heard if the radio listened when its preamble ended.
@@ -31,9 +32,18 @@ Radio -> medium
       The medium answers {"op": "stats", ...} (see ``Medium.stats``) to the sender.
 
 Medium -> radio
-  {"op": "txdone", "toa_ms": 56.576, "t": <the tx's t>}
+  {"op": "txdone", "toa_ms": 56.576, "t": <the tx's t>, "scale": 1.0,
+   "start_ms": 81234.5, "end_ms": 81291.1}
   {"op": "rx", "data": "<hex>", "rssi": -93.2, "snr": 7.5, "freq": ..., "sf": ..., "bw": ...,
-   "from": [x, y], "toa_ms": 56.576, "t": <the sender's t>}
+   "from": [x, y], "toa_ms": 56.576, "t": <the sender's t>, "scale": 1.0,
+   "start_ms": ..., "end_ms": ...}
+      Both are sent when the frame ends (TxDone at the sender, RxDone at a receiver).
+      ``scale`` is the time scale: radio time runs this much faster than real time, for
+      airtime and for every delay the radios keep between frames (the gateway answers
+      RX_DELAY_MS / scale real ms after RxDone; the sim boards on this medium run at the same
+      speed). ``start_ms`` and ``end_ms`` are when the frame began and ended on the medium's
+      own monotonic clock (real ms, arbitrary origin): the gap between an uplink's end and
+      its answer's start, times ``scale``, is the delay a node's radio saw.
 
 The duty-cycle audit (``stats``): for every sender position and EN 300 220-2 sub-band, its
 frames, their sizes, the airtime, and the largest airtime in any one-hour window of the sender's
@@ -220,11 +230,12 @@ class Medium(asyncio.DatagramProtocol):
             frame.heard_by[radio.address] = self.rssi_dbm(frame.power, frame.pos, radio.pos)
 
     def _finish(self, frame: Frame, msg: dict[str, Any], payload: bytes, toa: float) -> None:
-        sender = self.radios.get(frame.sender)
-        self.send(frame.sender, {"op": "txdone", "toa_ms": toa, "t": msg.get("t")})
-        if sender is not None:
-            sender.channel = frame.channel
-            sender.until = time.monotonic() + float(msg.get("grace_ms", 200)) / 1000
+        timing = {
+            "scale": self.time_scale,
+            "start_ms": round(frame.start * 1000, 3),
+            "end_ms": round(frame.end * 1000, 3),
+        }
+        self.send(frame.sender, {"op": "txdone", "toa_ms": toa, "t": msg.get("t"), **timing})
         noise = noise_floor_dbm(frame.channel[2])
         for address, rssi in frame.heard_by.items():
             if self._collided(frame, address, rssi):
@@ -252,6 +263,7 @@ class Medium(asyncio.DatagramProtocol):
                     "from": list(frame.pos),
                     "toa_ms": toa,
                     "t": msg.get("t"),
+                    **timing,
                 },
             )
 

@@ -2,6 +2,7 @@
 
     city-node ports                                   list serial ports
     city-node flash --port PORT [--image MICROPYTHON.bin]   MicroPython (esptool), then the app
+    city-node flash --port PORT --firmware firmware.bin     the tuned build, app frozen in
     city-node provision --port PORT --gateway-config gateway.toml --node-id ID --kind K ...
     city-node console --port PORT [--seconds N]       what the node prints
     city-node check --port PORT [--gateway-config gateway.toml]   read back the node's state
@@ -74,6 +75,12 @@ def parser() -> argparse.ArgumentParser:
     flash.add_argument("--chip", default="esp32", help="esptool --chip (default esp32)")
     flash.add_argument("--baud", type=int, default=460800, help="esptool baud rate")
     flash.add_argument("--app", type=Path, help="a built application folder (default: compile)")
+    flash.add_argument(
+        "--firmware",
+        type=Path,
+        help="a tuned firmware.bin with the application frozen in (firmware-build/README.md): "
+        "written by esptool, nothing copied",
+    )
     flash.add_argument("--force", action="store_true", help="copy even if already up to date")
     flash.add_argument("--no-reset", action="store_true", help="leave the node at its REPL")
 
@@ -132,6 +139,8 @@ def cmd_flash(args: argparse.Namespace) -> int:
     from tools import flash, image  # noqa: PLC0415
     from tools.node import NodeConnection  # noqa: PLC0415
 
+    if args.firmware is not None:
+        return _flash_tuned(args)
     if args.image is not None:
         print(f"writing {args.image.name} with esptool (erases the chip)...")
         flash.write_micropython(args.port, args.image, args.chip, args.baud)
@@ -150,6 +159,29 @@ def cmd_flash(args: argparse.Namespace) -> int:
             print(f"application {app.version} already on the node (--force copies it again)")
         else:
             print(f"application {app.version}: {result.copied} files, {result.bytes} bytes")
+        if args.no_reset:
+            return 0
+        node.reset()
+        print("node reset: it starts the application now")
+    return 0
+
+
+def _flash_tuned(args: argparse.Namespace) -> int:
+    from tools import flash  # noqa: PLC0415
+    from tools.node import NodeConnection  # noqa: PLC0415
+
+    if args.image is not None or args.app is not None:
+        print(
+            "city-node: --firmware has the application frozen in: leave out --image and --app",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    print(f"writing {args.firmware.name} with esptool (erases the chip)...")
+    flash.write_micropython(args.port, args.firmware, args.chip, args.baud)
+    time.sleep(1.0)  # the chip restarts into the firmware, which starts the application
+    with NodeConnection.open(args.port, args.wait) as node:
+        version = flash.frozen_application(node)
+        print(f"{args.port}: tuned firmware, application {version} frozen in (nothing to copy)")
         if args.no_reset:
             return 0
         node.reset()

@@ -9,10 +9,16 @@ never leaves a node that boots half of one version and half of another:
    app.json, and main.py last.
 
 A node whose /app.json already matches the image is left alone unless forced.
+
+The tuned firmware (firmware-build/README.md) has the application frozen in: esptool writes it
+like a MicroPython image (same offsets, the chip erased) and nothing is copied; the check after
+the flash (`frozen_application`) makes sure the node runs that build and that no copy of the
+application on its filesystem shadows the frozen one (the filesystem comes first in sys.path).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -26,6 +32,21 @@ from tools.node import REMOVE_TREE, CopyFailed, NodeConnection, NodeError
 STAGE = ".stage"
 # ESP32 (original) images start at 0x1000; the S2/S3/C3 ones at 0 (esptool --chip picks it)
 IMAGE_OFFSETS = {"esp32": "0x1000", "esp32s2": "0x1000", "esp32s3": "0x0", "esp32c3": "0x0"}
+
+
+# firmware-build/mpconfigboard.h: sys.implementation._machine of the tuned build starts with it
+BOARD_NAME = "City sensor node (tuned)"
+# the application's top-level packages, which must not be on the filesystem of a tuned node
+APP_PACKAGES = ("firmware", "protocol")
+FROZEN_CHECK = (
+    "import os, sys\n"
+    "try:\n"
+    "    from firmware.node.app import FIRMWARE as _v\n"
+    "except ImportError:\n"
+    "    _v = None\n"
+    f"print(repr((sys.implementation._machine, _v, [n for n in {APP_PACKAGES!r} "
+    "if n in os.listdir()])))\n"
+)
 
 
 class FlashError(NodeError):
@@ -84,6 +105,35 @@ def write_micropython(
             hint = " (hold BOOT, tap EN, release BOOT, and try again)"
         raise FlashError(f"esptool could not write {image.name}: {tail}{hint}")
     return command
+
+
+def frozen_application(node: NodeConnection) -> str:
+    """The version of the application frozen into the node's tuned firmware, or FlashError."""
+    answer = node.exec(FROZEN_CHECK, timeout=20).strip().splitlines()
+    try:
+        machine, version, shadows = ast.literal_eval(answer[-1] if answer else "")
+    except (ValueError, SyntaxError, TypeError):
+        raise FlashError(
+            f"the node's answer to the firmware check is not readable: {answer!r}"
+        ) from None
+    return judge_frozen(str(machine), version, list(shadows))
+
+
+def judge_frozen(machine: str, version: object, shadows: list[str]) -> str:
+    if not machine.startswith(BOARD_NAME):
+        raise FlashError(
+            f"the node runs {machine!r}, not the tuned firmware ({BOARD_NAME}): build it "
+            "(firmware-build/README.md) and flash its firmware.bin with --firmware"
+        )
+    if shadows:
+        folders = ", ".join(f"/{name}" for name in shadows)
+        raise FlashError(
+            f"{folders} on the node's filesystem shadow the frozen application (a stock "
+            "`city-node flash` copied them): flash --firmware again, which erases the chip"
+        )
+    if not isinstance(version, str):
+        raise FlashError("the firmware has no application frozen in: rebuild it")
+    return version
 
 
 def installed_manifest(node: NodeConnection) -> dict[str, object] | None:

@@ -3,6 +3,9 @@ for the ESP32 (Xtensa, windowed ABI), laid out as it sits on the node's flash:
 
     /boot.py  /main.py            source: the ESP32 port runs only .py files at start
     /firmware/**.mpy  /protocol/**.mpy
+    /ulp_pulse.mpy                the ESP32 board's ULP pulse counter, assembled on the host from
+                                  firmware/boards/esp32/ulp_pulse.S (tools/ulp.py): its binary
+                                  and data-word addresses
     /app.json                     the manifest: version and the SHA-256 of every file
 
 Built into a cache folder named by the hash of the sources (and mpy-cross), so repeated
@@ -20,6 +23,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tools import ulp
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("firmware", "protocol")
@@ -53,7 +58,7 @@ def sources(root: Path = ROOT) -> list[Path]:
 
 def _fingerprint(root: Path) -> str:
     digest = hashlib.sha256(ARCH.encode())
-    for src in sources(root):
+    for src in [*sources(root), _ulp_source(root)]:
         digest.update(str(src.relative_to(root)).encode())
         digest.update(src.read_bytes())
     digest.update(Path(mpy_cross()).name.encode())
@@ -65,6 +70,26 @@ def _firmware_version(root: Path) -> str:
         if line.startswith("FIRMWARE ="):
             return line.split("=", 1)[1].strip().strip("\"'")
     return "unknown"
+
+
+def _ulp_source(root: Path) -> Path:
+    return root / ulp.SOURCE.relative_to(ulp.ROOT)
+
+
+def _add_ulp_module(root: Path, staging: Path) -> str | None:
+    """Assemble the ULP program into staging/ulp_pulse.mpy; an error message or None."""
+    src = _ulp_source(root)
+    try:
+        program = ulp.assemble(src.read_text())
+    except (OSError, ulp.ULPError) as exc:
+        return f"{src.relative_to(root).as_posix()}: {exc}"
+    text = staging / f"{ulp.MODULE}.py"
+    text.write_text(ulp.module_text(program))
+    dest = text.with_suffix(".mpy")
+    cmd = [mpy_cross(), f"-march={ARCH}", "-s", text.name, "-o", str(dest), str(text)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    text.unlink()
+    return f"{text.name}: {done.stderr.strip()}" if done.returncode != 0 else None
 
 
 def cache_dir() -> Path:
@@ -94,8 +119,11 @@ def build(root: Path = ROOT, cache: Path | None = None) -> Image:
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 errors.append(f"{rel}: {done.stderr.strip()}")
+        ulp_error = _add_ulp_module(root, staging)
+        if ulp_error:
+            errors.append(ulp_error)
         if errors:
-            raise ImageError("mpy-cross failed:\n" + "\n".join(errors))
+            raise ImageError("image build failed:\n" + "\n".join(errors))
         write_manifest(staging, _firmware_version(root))
         try:
             staging.rename(folder)

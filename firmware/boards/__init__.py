@@ -43,10 +43,11 @@
 #   uart(bus, tx, rx, baudrate=9600, timeout_ms=0)
 #   time_pulse_us(pin, level, timeout_us) -> like machine.time_pulse_us (HC-SR04 echo)
 #   pulse_counter(pin) -> obj with value(): rising edges since power-on, kept across deep
-#                          sleep. ESP32: esp32.PCNT while awake (a pin IRQ where the port has
-#                          no PCNT) plus a base in the board's RTC bytes; asleep, the input is
-#                          armed as an ext0 wake-up and each wake counts one edge (the ULP would
-#                          count without waking; not done). Sim: every scripted edge counts.
+#                          sleep; quiet_s() seconds since the last one and dry() zero-flow
+#                          hours seen (None where the board cannot tell). ESP32: the ULP
+#                          coprocessor counts awake and asleep (boards/esp32/ulp_pulse.S, pins
+#                          34-39); elsewhere esp32.PCNT while awake plus an ext0 wake-up per
+#                          edge asleep. Sim: every scripted edge counts.
 # Networks
 #   wlan_connect(ssid, password, timeout_ms) -> bool;  wlan_rssi() -> int or None;  wlan_off()
 #   udp(port=0) -> endpoint: sendto(data, addr); recv(timeout_ms) -> bytes or None (0: only

@@ -48,6 +48,6 @@
 #   lamp.Lamp(pwm, *, curve="gamma", min_duty=0, max_duty=65535)
 #       .set(pct); .fade(pct, duration_ms, now_ms); .update(now_ms) -> level %; .level;
 #       .target(); .fading; .duty; .power_pm() (share of rated power, per mille)
-#   battery.Battery(adc, *, r_top=100000, r_bottom=100000, full_scale_mv=3300,
+#   battery.Battery(adc, *, r_top=1000000, r_bottom=1000000, full_scale_mv=3300,
 #                   gain_ppm=1000000, offset_mv=0, samples=8)
 #       .read_mv() -> battery mV

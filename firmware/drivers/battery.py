@@ -2,6 +2,15 @@
 # factory eFuse calibration and is used when present; otherwise read_u16() is scaled by the
 # ADC's full-scale voltage (about 3.3 V at 11 dB attenuation). A per-node calibration (gain in
 # ppm and offset in mV, measured once against a meter) corrects the divider's tolerance.
+#
+# The divider is always connected, so its resistance is the battery budget: 2 x 1 MOhm (the
+# default) draws 1.6 uA from 3.2 V, 2 x 100 kOhm 16 uA, a third of what 5 years on 2 x AA allow
+# (bench/node.py). At 1 MOhm the ESP32's SAR ADC cannot charge its sampling capacitor through the
+# divider's 500 kOhm in the sampling time (readings low and noisy): a 100 nF capacitor from the
+# ADC pin to ground is the source it samples from instead. Each conversion takes a few pF worth
+# of its charge (well under 0.1 %), and the divider keeps it charged (tau = 500 kOhm x 100 nF =
+# 50 ms; settled 250 ms after the battery goes in, long before the first reading). What the
+# pin's leakage current drops across 500 kOhm is a constant offset: the calibration removes it.
 
 
 class Battery:
@@ -9,8 +18,8 @@ class Battery:
         self,
         adc,
         *,
-        r_top=100000,
-        r_bottom=100000,
+        r_top=1000000,
+        r_bottom=1000000,
         full_scale_mv=3300,
         gain_ppm=1000000,
         offset_mv=0,

@@ -1,8 +1,13 @@
 # Water-meter pulse input: a reed contact or an optical reflex head gives one pulse per fixed
-# volume. A hardware counter from the board (ESP32 PCNT, kept across deep sleep by the board)
-# is preferred; otherwise the pin's IRQ counts in software, ignoring edges closer than
-# debounce_ms to the last one (a reed bounces for about a millisecond; a meter at full flow
-# gives at most a few pulses per second).
+# volume. A counter from the board (on the ESP32 the ULP coprocessor's program, counting in
+# deep sleep too, or PCNT while awake) is preferred; otherwise the pin's IRQ counts in
+# software, ignoring edges closer than debounce_ms to the last one (a reed bounces for about
+# a millisecond; a meter at full flow gives at most a few pulses per second).
+#
+# A counter that watches the meter through deep sleep (the ULP) also knows the quiet time:
+# quiet_s() (seconds since the last pulse, 65535 at most) and dry() (quiet runs that reached
+# an hour, cumulative, wrapping at 16 bits). Counters without them (PCNT, the IRQ path, a
+# board that cannot tell) give None: the IRQ path sees only the awake part of a cycle.
 import time
 
 IRQ_FALLING = 2  # reed to ground with a pull-up: the pulse is a falling edge
@@ -45,3 +50,13 @@ class PulseCounter:
             self._total += (raw - self._raw) & ((1 << self.counter_bits) - 1)
         self._raw = raw
         return self._total
+
+    def quiet_s(self):
+        """Seconds since the last pulse as the board's counter saw it, or None."""
+        get = getattr(self.counter, "quiet_s", None)
+        return get() if get is not None else None
+
+    def dry(self):
+        """Zero-flow hours the board's counter has seen (16 bits, wraps), or None."""
+        get = getattr(self.counter, "dry", None)
+        return get() if get is not None else None

@@ -6,9 +6,15 @@
 #              time) stays above `night_flow_lh` for `confirm_nights` (2) nights running;
 #   cleared    after a clean night (night minimum at or below the threshold), which also
 #              restarts the 24 h clock. A zero-flow hour clears a suspicion, not a confirmation.
-# The node sees its meter only at its wakes, so "no pulse for an hour" means the count did not
-# move across wakes spanning at least an hour, and each interval's litres go to the clock hour
-# in which the interval ends. Night logic waits for the gateway's time sync (tod_s).
+# A zero-flow hour, when the board's counter watched the meter asleep (the ESP32's ULP: inputs
+# "quiet_s" and "dry", see drivers/pulse.py): its dry-hour count moved since the last wake, or
+# the quiet run going on now (or at the last wake) is an hour long. quiet_s dates the last
+# pulse to the second, so a quiet hour between two pulses that fall in different wake
+# intervals counts wherever the wakes fall. Without them the node sees its meter only at its
+# wakes: "no pulse for an hour" then means the count did not move across wakes spanning at
+# least an hour.
+# Either way each interval's litres go to the clock hour in which the interval ends. Night
+# logic waits for the gateway's time sync (tod_s).
 from firmware.kinds import ack_alarms, command_name, due, merge, raise_alarm, result
 
 HOUR = 3600
@@ -40,7 +46,8 @@ def _fresh():
         "n": 0,  # pulses counted since installation
         "c": -1,  # last raw counter value (-1: none yet)
         "t": -1,  # node time of that reading
-        "dry": 0,  # last wake at which the count moved
+        "dry": 0,  # last pulse: the wake at which the count moved, or to the second (quiet_s)
+        "dc": -1,  # the counter's dry-hour count at the last wake (-1: it gave none)
         "zero": 0,  # last time a zero-flow hour was seen
         "ls": NONE,
         "run": 0,  # nights running above the threshold
@@ -74,12 +81,14 @@ class Leak:
         return self.s
 
     def read(self, sensors):
-        inputs: dict = {"pulses": None, "wet": None}
+        inputs: dict = {"pulses": None, "wet": None, "quiet_s": None, "dry": None}
         meter = sensors.get("meter")
         probe = sensors.get("probe")
         try:
             if meter is not None:
                 inputs["pulses"] = meter.count()
+                inputs["quiet_s"] = meter.quiet_s()
+                inputs["dry"] = meter.dry()
             if probe is not None:
                 inputs["wet"] = probe.wet()
         except OSError:
@@ -95,7 +104,7 @@ class Leak:
         count = inputs.get("pulses")
         clean = False
         if count is not None:
-            clean = self._count(count, now_s, tod_s)
+            clean = self._count(count, now_s, tod_s, inputs.get("quiet_s"), inputs.get("dry"))
         if s["run"] >= cfg["confirm_nights"]:
             s["ls"] = CONFIRMED
         elif clean:
@@ -139,12 +148,15 @@ class Leak:
             return result(wake_s=max(1, self.s["rep"] + self.cfg["report_s"] - now_s))
         raise ValueError("leak: command not handled: " + str(name))
 
-    def _count(self, count, now_s, tod_s):
+    def _count(self, count, now_s, tod_s, quiet=None, dry=None):
         # Returns True when this wake closed a clean night.
         s = self.s
         if s["c"] < 0:
             s["c"] = count
             s["t"] = s["dry"] = s["zero"] = now_s
+            if quiet is not None and dry is not None:
+                s["dry"] = now_s - quiet
+                s["dc"] = dry
             return False
         # A counter below its last value restarted (power loss): all it holds is new.
         delta = count - s["c"] if count >= s["c"] else count
@@ -154,13 +166,39 @@ class Leak:
         s["n"] += delta
         ml = delta * self.cfg["pulse_ml"]
         self.flow_lh = min(ml * HOUR // (dt * 1000), FLOW_MAX_LH) if dt > 0 else 0
-        if delta:
-            s["dry"] = now_s
-        elif now_s - s["dry"] >= HOUR:
-            s["zero"] = now_s
+        if quiet is not None and dry is not None:
+            self._quiet(now_s, now_s - dt, quiet, dry)
+        else:
+            s["dc"] = -1  # a later wake with a dry count has nothing to compare it with
+            if delta:
+                s["dry"] = now_s
+            elif now_s - s["dry"] >= HOUR:
+                s["zero"] = now_s
         if tod_s is None or dt <= 0:
             return False
         return self._night(ml, dt, tod_s)
+
+    def _quiet(self, now_s, prev_s, quiet, dry):
+        # The counter watched the meter between wakes. A zero-flow hour was going on at some
+        # moment since the last wake if the quiet run now is an hour long, or the one at the
+        # last wake was (it ended since), or the dry-hour count moved (a run reached its hour
+        # since). "zero" is then now, or else the first second after the last wake: a run that
+        # ended since was still going on then, while the pulse that ended it is somewhere
+        # between that wake and the last pulse (dating it at the last pulse would start the
+        # 24 h clock up to a wake interval late). A run that reached its hour since is dated
+        # at most that early.
+        s = self.s
+        last = s["dc"]
+        was = prev_s - s["dry"] >= HOUR
+        s["dc"] = dry
+        s["dry"] = now_s - quiet
+        if quiet >= HOUR:
+            s["zero"] = now_s
+        elif was or (last >= 0 and dry != last and dry > 0):
+            # Up: new dry hours. Down: the count restarted (the ULP is reloaded after a reset or
+            # a power loss), and all it holds is new, as with the pulse count. A 16-bit wrap
+            # to 0 would be missed: once in 7 years of a dry hour every hour at worst.
+            s["zero"] = max(s["zero"], prev_s + 1)
 
     def _night(self, ml, dt, tod_s):
         s = self.s

@@ -27,7 +27,10 @@
 #   "boot_tries": 3,                   failed boots in a row before safe mode
 #   "watchdog_ms": 60000,             above the longest CoAP back-off wait (16 x 3 s)
 #   "ring_slots": 64,                  flash ring capacity in records (64 bytes each)
-#   "battery": {"r_top": 100000, "r_bottom": 100000}   divider on the battery ADC pin
+#   "battery": {"r_top": 1000000, "r_bottom": 1000000}   divider on the battery ADC pin:
+#            2 x 1 MOhm draws 1.6 uA from 3.2 V, always connected (2 x 100 kOhm would draw 16 uA,
+#            a third of the 5-year budget: bench/node.py). At that impedance the ESP32's ADC
+#            needs a 100 nF capacitor from the pin to ground (firmware/drivers/battery.py)
 # }
 #
 # Downlinks change "status_s" and "kind_config" (see node/downlink.py); the file is replaced
@@ -70,7 +73,7 @@ SECTIONS = {  # type: dict
         "rx_window_ms": (3000, (100, 30000)),
         "confirmed_tries": (3, (1, 8)),
     },
-    "battery": {"r_top": (100000, (1, 10000000)), "r_bottom": (100000, (1, 10000000))},
+    "battery": {"r_top": (1000000, (1, 10000000)), "r_bottom": (1000000, (1, 10000000))},
 }
 OSCORE_KEYS = ("secret", "salt", "sender_id", "recipient_id", "id_context")
 

@@ -234,8 +234,8 @@ def battery(board, cfg, errors):
         b = cfg.get("battery") or {}
         return Battery(
             board.adc(pins(board, cfg)["battery"]),
-            r_top=b.get("r_top", 100000),
-            r_bottom=b.get("r_bottom", 100000),
+            r_top=b.get("r_top", 1000000),
+            r_bottom=b.get("r_bottom", 1000000),
         )
 
     return _try(errors, "battery", build)

@@ -42,8 +42,7 @@ from aiocoap.transports.udp6 import MessageInterfaceUDP6
 from gateway.links.base import LinkContext, UplinkRefused
 from gateway.links.wake import NeighbourWake, Pusher, listens_always
 from gateway.security import node_of, request_seqno
-from gateway.uplink import Deliveries, Keyring, decode_uplink, encode_downlinks, open_keyring
-from gateway.uplink import with_confirmations as confirming
+from gateway.uplink import Keyring, decode_uplink, encode_downlinks, open_keyring
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,6 @@ class CoAPLink:
     def __init__(self, context: LinkContext) -> None:
         self.context = context
         self.settings = context.config.links.coap
-        self.deliveries = Deliveries()
         self.addresses: dict[str, str] = {}  # node id -> "host:port" its uplinks come from
         self.keyring: Keyring | None = None
         self.server: aiocoap.Context | None = None
@@ -196,16 +194,6 @@ class CoAPLink:
     async def uplink(self, request: aiocoap.Message) -> aiocoap.Message:
         if self.closing:
             return aiocoap.Message(code=aiocoap.SERVICE_UNAVAILABLE, max_age=UNAVAILABLE_RETRY_S)
-        self._inflight += 1
-        self._idle.clear()
-        try:
-            return await self._uplink(request)
-        finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
-
-    async def _uplink(self, request: aiocoap.Message) -> aiocoap.Message:
         node_id = node_of(request)
         seqno = request_seqno(request)
         if node_id is None or seqno is None:  # GuardedSite refuses these first
@@ -222,23 +210,26 @@ class CoAPLink:
         except UplinkRefused as refused:
             self.refuse(refused.reason, node_id, refused.detail)
             raise error.BadRequest(refused.detail) from None
-        uplink = confirming(uplink, self.deliveries.confirmed_by(node_id))
+        self._inflight += 1
+        self._idle.clear()
         try:
             downlinks = await self.context.pipeline.handle(uplink)
         except UplinkRefused as refused:  # counted by the pipeline
             if refused.reason == "unknown_node":
                 raise error.Forbidden("unknown node") from None
             if refused.reason == "unavailable":
-                response = aiocoap.Message(
+                return aiocoap.Message(
                     code=aiocoap.SERVICE_UNAVAILABLE, max_age=UNAVAILABLE_RETRY_S
                 )
-                return response
             raise error.BadRequest(refused.detail or refused.reason) from None
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
         # Committed: from here on the node may forget these readings.
         if listens_always(self.context.registry.get(node_id)):
             self._remember_address(node_id, request)
-        payload, included = encode_downlinks(downlinks, MAX_PAYLOAD)
-        self.deliveries.delivered(node_id, included)
+        payload, _ = encode_downlinks(downlinks, MAX_PAYLOAD)
         self.wake.after_commit(uplink)
         if not payload:
             return aiocoap.Message(code=aiocoap.CHANGED)
@@ -329,33 +320,18 @@ class CountingCredentials:
                 kid = unprotected.get(oscore.COSE_KID, b"")
                 self.link.refuse("unknown_kid", detail=f"kid {bytes(kid).hex()}")
                 raise
-        return _CountingContext(found, self.link)
+        found.on_refused = self._refused  # a gateway.security context: one per request
+        return found
+
+    def _refused(self, node: str, exc: Exception) -> None:
+        if isinstance(exc, oscore.ReplayErrorWithEcho):
+            log.info("Echo challenge to %s (replay window not known after a restart)", node)
+        elif isinstance(exc, oscore.DecodeError):
+            self.link.refuse("malformed", node, "OSCORE option or COSE object undecodable")
+        elif isinstance(exc, oscore.ReplayError):
+            self.link.refuse("replay", node, "sequence number seen before")
+        elif isinstance(exc, oscore.ProtectionInvalid):
+            self.link.refuse("bad_tag", node, "decryption failed")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-
-class _CountingContext:
-    def __init__(self, context: Any, link: CoAPLink) -> None:
-        self._found = context
-        self._link = link
-
-    def unprotect(self, message: Any, request_id: Any = None) -> Any:
-        node = str(self._found.authenticated_claims[0])
-        try:
-            return self._found.unprotect(message, request_id)
-        except oscore.ReplayErrorWithEcho:
-            log.info("Echo challenge to %s (replay window not known after a restart)", node)
-            raise
-        except oscore.DecodeError:
-            self._link.refuse("malformed", node, "OSCORE option or COSE object undecodable")
-            raise
-        except oscore.ReplayError:
-            self._link.refuse("replay", node, "sequence number seen before")
-            raise
-        except oscore.ProtectionInvalid:
-            self._link.refuse("bad_tag", node, "decryption failed")
-            raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._found, name)

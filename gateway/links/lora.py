@@ -1,13 +1,21 @@
 """The LoRa link: CoAP + OSCORE in raw LoRa frames, heard by the gateway's radio.
 
 A node sends the same OSCORE-protected `POST /u` as over UDP, as the whole payload of one
-frame (firmware/node/loralink.py): NON for routine readings, CON for alarms. Then it listens
-for `rx_window_ms` (3 s by default) from the end of its transmission. The gateway:
+frame (firmware/node/loralink.py): NON for routine readings, CON for alarms. Then, as a
+LoRaWAN class A device in RX1, it sleeps and opens its receiver only RX_DELAY_MS after the end
+of its transmission, for little more than RX_ERROR_MS each way (firmware/README.md "LoRa
+timing"). The gateway:
 
-    frame -> size check (EU868 payload limit of the spreading factor) -> is it the answer to
-    one of our pushes? -> a CON retransmission answered before (same bytes)? -> OSCORE
-    unprotect without transport (gateway/security.py) -> decode (gateway/uplink.py) ->
-    pipeline.handle (durable COMMIT) -> reply in the node's RX window
+    frame (its RxDone time taken by the radio) -> size check (EU868 payload limit of the
+    spreading factor) -> is it the answer to one of our pushes? -> a CON retransmission
+    answered before (same bytes)? -> OSCORE unprotect without transport (gateway/security.py)
+    -> decode (gateway/uplink.py) -> pipeline.handle (durable COMMIT) -> the answer starts
+    exactly RX_DELAY_MS after RxDone
+
+- The answer is held until its moment: a node's receiver is off before it, and gone shortly
+  after. One the commit made too late for the window is not sent at all (counted in
+  `rx_windows_missed`): its downlinks stay queued for the node's next window, and a CON's
+  answer is kept, so the node's retransmission gets it in that window.
 
 - A CON is always answered (2.04, or an error, piggybacked on the ACK). A NON is answered only
   when there is something to say: downlinks waiting for the node, or an Echo challenge after a
@@ -17,16 +25,19 @@ for `rx_window_ms` (3 s by default) from the end of its transmission. The gatewa
 - A response carries as many downlinks as fit in one frame; the rest go in later windows.
 - Mains-powered lamps listen continuously (LoRaWAN class C's idea): a downlink queued for one
   goes out at once as a protected CON `POST /d` (gateway/links/wake.py), repeated until the
-  lamp's ACK, with an Echo round trip after the lamp rebooted.
-- Two radios behind `Radio`: `SimRadio`, a client of the simulated medium (hil/medium.py,
-  which documents the datagrams), and the Pi's RFM95 (gateway/links/rfm9x.py).
+  lamp's ACK, with an Echo round trip after the lamp rebooted. A push keeps clear of the
+  answers already scheduled in nodes' RX windows (the radio is half duplex and has one
+  transmitter): it waits until they are out.
+- Two radios behind `Radio`: a client of the simulated medium (gateway/links/simradio.py;
+  hil/medium.py documents the datagrams), and the Pi's RFM95 (gateway/links/rfm9x.py). The medium
+  runs radio time `--time-scale` times faster than real time (so do the sim boards on it) and
+  says so in its datagrams: the sim radio's `time_scale` turns RX_DELAY_MS into real seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -35,7 +46,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import aiocoap
 from aiocoap import error
@@ -55,7 +66,18 @@ log = logging.getLogger(__name__)
 
 NAME = "lora"
 PREAMBLE = 8  # symbols, as the nodes' SX127x driver programs it
-RX_WINDOW_S = 2.5  # answer within the node's 3 s window (its default), or not at all
+# The node's RX window (firmware/node/loralink.py; tests/gateway/test_link_lora_timing.py holds
+# the two equal):
+# our answer's first preamble symbol goes RX_DELAY_MS after the uplink's RxDone, and the node
+# tolerates RX_ERROR_MS of error each way (its light-sleep wake-up and our timing together).
+RX_DELAY_MS = 1000
+RX_ERROR_MS = 20
+BOOK_AHEAD_S = 5.0  # answers are booked in the duty-cycle ledger at most this long ahead
+# The host's own timing error (event loop wake-up, a datagram or SPI hop), which a simulation's
+# time scale does not shrink: an answer this late in real time still goes. On the air (scale 1)
+# RX_ERROR_MS is larger and rules; at the sim's scale 20 it would be 1 real ms, while the sim
+# board's radio, which cannot stop at a symbol timeout, listens for the whole answer anyway.
+HOST_ERROR_S = 0.010
 MAX_DOWNLINKS = 4  # fetched per uplink; as many as fit the frame are sent
 REPLY_CACHE = 64  # CON requests whose answer is kept for a retransmission (same bytes)
 PUSH_TRIES = 3  # transmissions of one pushed CON before giving up until the next uplink
@@ -65,13 +87,20 @@ LEDGER_ENTRIES = 255  # the gateway transmits to many nodes: keep the ledger exa
 _RESPONSE_OVERHEAD = 18
 
 
+# on_frame(data, rssi_dbm, snr_db, rxdone): rxdone is the time.monotonic() of the frame's end
+OnFrame = Callable[[bytes, float | None, float | None, float], None]
+
+
 class Radio(Protocol):
-    async def start(self, on_frame: Callable[[bytes, float | None, float | None], None]) -> None:
-        """Start receiving continuously; `on_frame(data, rssi_dbm, snr_db)` per frame heard."""
+    # radio time per real time: 1 on the air; the medium's --time-scale in the simulation
+    time_scale: float
+
+    async def start(self, on_frame: OnFrame) -> None:
+        """Start receiving continuously; `on_frame` per frame heard, as soon as its RxDone."""
         ...
 
     async def send(self, frame: bytes) -> bool:
-        """Transmit one frame, back to receiving after TxDone; False if TxDone never came."""
+        """Transmit one frame now, back to receiving after TxDone; False if TxDone never came."""
         ...
 
     async def close(self) -> None: ...
@@ -83,6 +112,8 @@ def create(context: LinkContext) -> LoRaLink:
 
 def make_radio(settings: LoRaLinkConfig) -> Radio:
     if settings.mode == "sim":
+        from gateway.links.simradio import SimRadio  # noqa: PLC0415 - as the RFM95's below
+
         return SimRadio(settings)
     from gateway.links.rfm9x import RFM9xRadio  # noqa: PLC0415 - Blinka only where it is used
 
@@ -113,7 +144,11 @@ class LoRaLink:
         self.wake = NeighbourWake(context.registry, context.downlinks)
         self.pusher: Pusher | None = None
         self.duty_cycle_refused = 0  # transmissions the ledger did not allow
+        self.rx_windows_missed = 0  # answers not sent: the node's window had passed
         self.sent_frames = 0
+        self._slots: list[tuple[float, float]] = []  # answers scheduled: (start, end) monotonic
+        self._ledger_time = 0.0  # the latest start booked in the ledger (wall clock)
+        self._slot_freed = asyncio.Event()  # set (and replaced) when a slot is given up
         self._replies: OrderedDict[bytes, bytes | None] = OrderedDict()  # None: in progress
         self._waiting: dict[bytes, _Push] = {}  # push token -> the push awaiting its answer
         self.push_answers_ignored = 0  # frames with a push's token that its lamp did not send
@@ -164,13 +199,21 @@ class LoRaLink:
 
     # -- reception -----------------------------------------------------------------------------
 
-    def _on_frame(self, frame: bytes, rssi_dbm: float | None, snr_db: float | None) -> None:
-        task = asyncio.get_running_loop().create_task(self.handle(frame, rssi_dbm, snr_db))
+    def _on_frame(
+        self, frame: bytes, rssi_dbm: float | None, snr_db: float | None, rxdone: float
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(self.handle(frame, rssi_dbm, snr_db, rxdone))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def handle(self, frame: bytes, rssi_dbm: float | None, snr_db: float | None) -> None:
-        heard = time.monotonic()
+    def rx_window(self, rxdone: float) -> float:
+        """When the answer to a frame that ended at `rxdone` must start (time.monotonic())."""
+        return rxdone + RX_DELAY_MS / 1000 / self.radio.time_scale
+
+    async def handle(
+        self, frame: bytes, rssi_dbm: float | None, snr_db: float | None, rxdone: float
+    ) -> None:
+        due = self.rx_window(rxdone)
         if len(frame) > self.max_frame:
             self.refuse("oversized", detail=f"{len(frame)}-byte frame at SF{self.sf}")
             return
@@ -182,10 +225,29 @@ class LoRaLink:
         if not outer.code.is_request():
             self._answer_push(outer)
             return  # someone else's answer, an ACK or a reset: not an uplink
+        # Until it is known whether (and what) we answer, the node's window is kept clear of
+        # pushes: one that would still be on the air then waits (a push that fits before goes).
+        slot = (due, due + self.real_s(self.airtime_ms(self.max_frame)))
+        self._slots.append(slot)
+        try:
+            await self._request(frame, outer, rssi_dbm, snr_db, due)
+        finally:
+            self._slots.remove(slot)
+            self._slot_freed.set()  # a push waiting for this window may go now
+            self._slot_freed = asyncio.Event()
+
+    async def _request(
+        self,
+        frame: bytes,
+        outer: aiocoap.Message,
+        rssi_dbm: float | None,
+        snr_db: float | None,
+        due: float,
+    ) -> None:
         if frame in self._replies:
             reply = self._replies[frame]
             if reply is not None:  # the node's CON retransmission: our answer was lost
-                await self.transmit(reply)
+                await self.answer(reply, due, "a retransmission")
             return
         keyring = self.keyring
         assert keyring is not None
@@ -199,7 +261,7 @@ class LoRaLink:
         except FrameRefused as refused:
             if refused.reply is not None:
                 log.info("Echo challenge on LoRa (replay window not known after a restart)")
-                await self.transmit(refused.reply)
+                await self.answer(refused.reply, due, "an Echo challenge")
             else:
                 self.refuse(refused.reason, detail=refused.detail)
             return
@@ -210,16 +272,12 @@ class LoRaLink:
         if reply is None:
             self._replies.pop(frame, None)
             return
-        if time.monotonic() - heard > RX_WINDOW_S:
-            log.warning("answer to %s missed its RX window", request.node_id)
-            self._replies.pop(frame, None)
-            return
-        if await self.transmit(reply):
+        if confirmable:
+            # kept even if this window is missed: the node repeats the same frame in its next
+            # window, and the answer (the commit done, the downlinks in it) goes out then
+            self._remember(frame, reply)
+        if await self.answer(reply, due, request.node_id):
             self.deliveries.delivered(request.node_id, included)
-            if confirmable:
-                self._remember(frame, reply)
-        else:
-            self._replies.pop(frame, None)
 
     async def _serve(
         self, request: FrameRequest, rssi: float | None, snr: float | None, confirmable: bool
@@ -286,23 +344,88 @@ class LoRaLink:
         cr = self.settings.coding_rate - 4
         return float(airtime.time_on_air_ms(length, self.sf, self.bw_hz, cr, PREAMBLE))
 
-    async def transmit(self, frame: bytes) -> bool:
-        """Send one frame if the duty-cycle ledger allows it now."""
+    def real_s(self, radio_ms: float) -> float:
+        """Real seconds that `radio_ms` of radio time take (the simulation runs it faster)."""
+        return radio_ms / 1000 / self.radio.time_scale
+
+    async def answer(self, frame: bytes, due: float, to: str) -> bool:
+        """Send `frame` so that it starts at `due` (time.monotonic()), in the RX window of the
+        node `to`; not at all once that moment is more than the allowed error (`slack_s`) gone."""
+        latest = due + self.slack_s()
+        if time.monotonic() > latest:
+            return self._missed(to, due)
+        # The ledger is checked and written ahead, for the moment the frame will start, so that
+        # only the radio stands between that moment and the first preamble symbol. A frame
+        # booked and then not sent (too late after all) overcounts, never under.
+        if not self._book(frame, self.clock() + max(0.0, due - time.monotonic())):
+            return False
+        await _sleep_until(due)
         async with self._tx_lock:
-            toa = self.airtime_ms(len(frame))
-            now = self.clock()
-            if not self.ledger.can_send(self.freq_hz, toa, now, self.bw_hz):
-                self.duty_cycle_refused += 1
-                self.context.metrics.duty_cycle_refused.inc()
-                wait = self.ledger.wait_s(self.freq_hz, toa, now, self.bw_hz)
-                log.warning("duty cycle: %d-byte frame not sent (wait %.0f s)", len(frame), wait)
-                return False
-            # Recorded before the radio keys up: a crash mid-frame overcounts, never under.
-            self.ledger.record(self.freq_hz, toa, now, self.bw_hz)
-            _save_ledger(self.ledger_path, self.ledger)
-            sent = await self.radio.send(frame)
-            self.sent_frames += sent
-            return sent
+            if time.monotonic() > latest:
+                return self._missed(to, due)
+            return await self._key_up(frame)
+
+    def slack_s(self) -> float:
+        """How late (real seconds) an answer may still start: RX_ERROR_MS, or in a fast
+        simulation the host's own error, which its time scale does not shrink."""
+        return max(self.real_s(RX_ERROR_MS), HOST_ERROR_S)
+
+    def _missed(self, to: str, due: float) -> bool:
+        self.rx_windows_missed += 1
+        late_ms = (time.monotonic() - due) * 1000 * self.radio.time_scale
+        log.warning("answer to %s not sent: %.0f ms past its RX window", to, late_ms)
+        return False
+
+    async def transmit(self, frame: bytes) -> bool:
+        """Send one frame now (a push), if the duty-cycle ledger allows it; first wait for the
+        answers scheduled in RX windows that it would overlap."""
+        length_s = self.real_s(self.airtime_ms(len(frame)))
+        while True:
+            await self._clear_of_answers(length_s)
+            async with self._tx_lock:
+                if self._clash(time.monotonic(), length_s) is not None:
+                    continue  # an answer was scheduled meanwhile: let it go first
+                if not self._book(frame, self.clock()):
+                    return False
+                return await self._key_up(frame)
+
+    def _book(self, frame: bytes, start: float) -> bool:
+        """Check `frame` starting at `start` (wall clock) against the duty-cycle ledger, and
+        record it there if it may go. Recorded before the radio keys up: a crash mid-frame
+        overcounts, never under."""
+        toa = self.airtime_ms(len(frame))
+        # An answer booked ahead has a later start than a push booked after it: the ledger's
+        # time must not run back (it would move the answer earlier), so the push counts from
+        # there, which only makes it expire later. (Not after a step of the clock itself.)
+        if 0 < self._ledger_time - start < BOOK_AHEAD_S:
+            start = self._ledger_time
+        self._ledger_time = start
+        if not self.ledger.can_send(self.freq_hz, toa, start, self.bw_hz):
+            self.duty_cycle_refused += 1
+            self.context.metrics.duty_cycle_refused.inc()
+            wait = self.ledger.wait_s(self.freq_hz, toa, start, self.bw_hz)
+            log.warning("duty cycle: %d-byte frame not sent (wait %.0f s)", len(frame), wait)
+            return False
+        self.ledger.record(self.freq_hz, toa, start, self.bw_hz)
+        _save_ledger(self.ledger_path, self.ledger)
+        return True
+
+    async def _key_up(self, frame: bytes) -> bool:
+        sent = await self.radio.send(frame)
+        self.sent_frames += sent
+        return sent
+
+    def _clash(self, start: float, length_s: float) -> float | None:
+        """The end of the latest scheduled answer a frame from `start` would overlap, if any
+        (with a margin: the answer may start `slack_s` late)."""
+        end = start + length_s + self.slack_s()
+        clashes = [stop for begin, stop in self._slots if begin < end and stop > start]
+        return max(clashes, default=None)
+
+    async def _clear_of_answers(self, length_s: float) -> None:
+        while (until := self._clash(time.monotonic(), length_s)) is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), until - time.monotonic())
 
     # -- pushes to lamps in continuous receive -------------------------------------------------
 
@@ -393,6 +516,12 @@ def _new_mid() -> int:
     return secrets.randbelow(0x10000)
 
 
+async def _sleep_until(moment: float) -> None:
+    """Sleep until time.monotonic() reaches `moment`, never waking before it."""
+    while (delay := moment - time.monotonic()) > 0:
+        await asyncio.sleep(delay)
+
+
 def _load_ledger(path: Path) -> airtime.DutyCycleLedger:
     try:
         return airtime.DutyCycleLedger.from_bytes(path.read_bytes())
@@ -409,91 +538,3 @@ def _save_ledger(path: Path, ledger: airtime.DutyCycleLedger) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("duty-cycle ledger not saved: %s", exc)
-
-
-# -- the simulated radio -----------------------------------------------------------------------
-
-LEASE_MS = 10_000  # the medium forgets a listener it has not heard from for this long
-
-
-class SimRadio(asyncio.DatagramProtocol):
-    """The gateway's radio on the simulated medium (datagrams documented in hil/medium.py)."""
-
-    def __init__(self, settings: LoRaLinkConfig) -> None:
-        self.medium = settings.sim_medium
-        self.position = list(settings.sim_position)
-        self.channel = {
-            "freq": round(settings.frequency_mhz * 1_000_000),
-            "sf": settings.spreading_factor,
-            "bw": round(settings.bandwidth_khz * 1000),
-        }
-        self.cr = settings.coding_rate - 4
-        self.power = settings.tx_power_dbm
-        self.transport: asyncio.DatagramTransport | None = None
-        self.on_frame: Callable[[bytes, float | None, float | None], None] | None = None
-        self._txdone: asyncio.Future[None] | None = None
-        self._renew: asyncio.Task[None] | None = None
-
-    async def start(self, on_frame: Callable[[bytes, float | None, float | None], None]) -> None:
-        self.on_frame = on_frame
-        loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
-        self._listen()
-        self._renew = loop.create_task(self._keep_listening(), name="lora-sim-listen")
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # a DatagramTransport in fact, though CPython 3.11's class does not say so
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def _send(self, op: str, **fields: Any) -> None:
-        if self.transport is not None:
-            msg = {"op": op, "pos": self.position, **self.channel, **fields}
-            self.transport.sendto(json.dumps(msg).encode(), self.medium)
-
-    def _listen(self) -> None:
-        self._send("listen", ms=LEASE_MS)
-
-    async def _keep_listening(self) -> None:
-        while True:
-            await asyncio.sleep(LEASE_MS / 3000)
-            self._listen()
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        try:
-            msg = json.loads(data)
-            op = msg["op"]
-            if op == "rx" and self.on_frame is not None:
-                self.on_frame(bytes.fromhex(msg["data"]), msg.get("rssi"), msg.get("snr"))
-            elif op == "txdone" and self._txdone is not None and not self._txdone.done():
-                self._txdone.set_result(None)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("medium sent an unreadable datagram: %s", exc)
-
-    async def send(self, frame: bytes) -> bool:
-        self._txdone = asyncio.get_running_loop().create_future()
-        self._send(
-            "tx",
-            cr=self.cr,
-            preamble=PREAMBLE,
-            header=True,
-            crc=True,
-            power=self.power,
-            t=int(time.time() * 1000),
-            grace_ms=0,
-            data=frame.hex(),
-        )
-        toa_s = airtime.time_on_air_ms(len(frame), self.channel["sf"], self.channel["bw"]) / 1000
-        try:
-            await asyncio.wait_for(self._txdone, 2 + 2 * toa_s)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._listen()  # half duplex: back to receiving as soon as the frame is out
-
-    async def close(self) -> None:
-        if self._renew is not None:
-            self._renew.cancel()
-        self._send("idle")
-        if self.transport is not None:
-            self.transport.close()

@@ -12,7 +12,11 @@ and reads frames; two things it does not do the way our nodes need:
 
 The driver is blocking (it busy-polls the IRQ flags), so all SPI traffic runs on one thread of
 its own: it polls RegIrqFlags for RxDone every POLL_S while receiving continuously, and takes
-transmissions from a queue between polls. Frames go to the event loop with their RSSI and SNR.
+transmissions from a queue between polls. Frames go to the event loop with their RSSI and SNR
+and the time RxDone was seen (at most POLL_S late): the link times its answer from there, to
+start RX_DELAY_MS later in the node's RX window (gateway/links/lora.py). A transmission keys
+up as soon as it is queued (the thread waits on the queue between polls, not in a sleep), so
+the link's timing is the radio's, within the FIFO load (a few SPI bytes: well under 1 ms).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ REG_PAYLOAD_LENGTH = 0x22
 REG_SYNC_WORD = 0x39
 SYNC_WORD = 0x12  # private networks (the nodes' driver default), not LoRaWAN's 0x34
 
-OnFrame = Callable[[bytes, float | None, float | None], None]
+OnFrame = Callable[[bytes, float | None, float | None, float], None]  # ..., RxDone monotonic
 DriverFactory = Callable[[LoRaLinkConfig], Any]
 
 
@@ -75,6 +79,8 @@ def configure(radio: Any, settings: LoRaLinkConfig) -> None:
 
 
 class RFM9xRadio:
+    time_scale = 1.0  # real radio time
+
     def __init__(self, settings: LoRaLinkConfig, driver: DriverFactory = blinka_driver) -> None:
         self.settings = settings
         self.make_driver = driver
@@ -120,9 +126,8 @@ class RFM9xRadio:
             try:
                 self._poll()
                 try:
-                    frame, done = self._sends.get_nowait()
+                    frame, done = self._sends.get(timeout=POLL_S)
                 except queue.Empty:
-                    time.sleep(POLL_S)
                     continue
                 sent = self._send_raw(frame)
                 self._resolve(done, sent)
@@ -134,6 +139,7 @@ class RFM9xRadio:
         radio = self.radio
         if not radio.rx_done():
             return
+        rxdone = time.monotonic()  # the frame ended at most POLL_S ago; receive reads the FIFO
         errors = radio.crc_error_count
         packet = radio.receive(keep_listening=True, with_header=True, timeout=None)
         if radio.crc_error_count != errors:
@@ -143,7 +149,7 @@ class RFM9xRadio:
         frame, rssi, snr = bytes(packet), float(radio.last_rssi), float(radio.last_snr)
         loop, on_frame = self._loop, self._on_frame
         if loop is not None and on_frame is not None:
-            loop.call_soon_threadsafe(on_frame, frame, rssi, snr)
+            loop.call_soon_threadsafe(on_frame, frame, rssi, snr, rxdone)
 
     def _send_raw(self, frame: bytes) -> bool:
         """`RFM9x.send` without its RadioHead header: the frame as it is."""

@@ -9,8 +9,10 @@ Two shapes, both built here so every sink says the same thing about a reading:
   GeoProperty or Relationship; measured values carry `observedAt`), following the FIWARE Smart
   Data Models: WaterConsumptionObserved (leak), ParkingSpot (occupancy), Streetlight
   (lighting), WasteContainer (bin fill), Device and DeviceMeasurement (node status, and the
-  measurements the asset models have no attribute for). Entity ids are URNs
-  `urn:ngsi-ld:<Type>:<site>:<node>`, so each upsert updates the one entity of that asset.
+  measurements the asset models have no attribute for). A status's safe mode and error become
+  the Device's `deviceState` ("safeMode", "error" or "ok") and `description` (the error
+  text). Entity ids are URNs `urn:ngsi-ld:<Type>:<site>:<node>`, so each upsert updates the
+  one entity of that asset.
 
 Privacy: only counts, levels and states leave the gateway; no reading carries anything about a
 person (a presence detection is a count, never an identity).
@@ -259,7 +261,16 @@ class EntityMapper:
     # ---- one method per record type --------------------------------------------------------
 
     def _status(self, c: _Context, d: Mapping[str, Any]) -> list[Entity]:
-        device = c.device(deviceState=_prop("ok", c.at))
+        # What the node says about itself: safe mode (it restarted too often and only sends
+        # its status) outranks an error it reports (a config or downlink it refused, a crash).
+        # The error text goes in `description` (Device schema: a string; the model has no
+        # attribute for an error, and `value` is the device's reading). Every status sends
+        # both, "" when there is no error, so an upsert (options=update) clears the last one.
+        error = d.get("error") or ""
+        if not isinstance(error, str):
+            raise ValueError(f"error {error!r} is not a text")
+        state = "safeMode" if d.get("safe_mode") is True else "error" if error else "ok"
+        device = c.device(deviceState=_prop(state, c.at), description=_prop(error, c.at))
         device["dateLastValueReported"] = _prop(iso_utc(c.reading.received_at))
         if d.get("rssi_dbm") is not None:
             device["rssi"] = _prop(d["rssi_dbm"], c.at)  # dBm (no UN/CEFACT code for dBm)

@@ -1,25 +1,23 @@
-"""One SQLite database in WAL mode, written through a group committer off the event loop.
+"""One SQLite database in WAL mode, written through group commits off the event loop.
 
 Every write is a small function of a connection (`transact(work)`), or an item handed to a
-`Batch` (`submit(batch, item)`). Writes that arrive close together run in one transaction on
-the single writer thread; every caller's future resolves only after the COMMIT that contains
-its write has returned: with `synchronous=FULL` that means the WAL has been fsynced.
+`Batch` (`submit(batch, item)`). Writes that arrive close together run in one transaction
+(gateway/store/groups.py), and every caller's future resolves only after the COMMIT that
+contains its write has returned: with `synchronous=FULL` that means the WAL has been fsynced.
 Reads run on a second connection in their own thread, so the event loop never blocks on disk.
 
-Why batches: each statement the writer thread runs gives up the GIL while SQLite works and has
-to take it back from the event loop afterwards; when the loop is busy (under load, exactly
-when it matters) that hand-over waits for the loop's next system call or the interpreter's
-switch interval. A group of uplinks written one statement at a time (readings, node health,
-downlinks: half a dozen each) waited that many times per uplink, and every wait also delayed
-the commit that the uplinks' acknowledgements wait for. A `Batch` writes all the items of a
-group with a fixed handful of set-based statements, so the number of hand-overs per group no
-longer grows with its size.
+Two writers: `transact` works run on a writer thread; batches marked `writer_process = True`
+(the uplinks: gateway/pipeline.py `UplinkWrites`) run in a writer process when the database
+is opened with `writer_process=True` (gateway/store/writer.py says why: the GIL). Each has
+its own group committer; SQLite orders their transactions (WAL allows one writer at a time,
+`busy_timeout` makes the other wait). If the process cannot start or dies, its batches go to
+the thread, and the gateway goes on. `commit_hooks` run before every COMMIT on either writer
+(the store's size bound); `before_commit` hooks only on the thread.
 
-Failure isolation: a failing write rolls back alone. Each `transact` work, and each run of
-consecutive items of one batch, runs inside its own savepoint (except the first of a group,
-for which the transaction itself is started again); when a batch run fails it is rolled back
-and its items are run again one by one, each in its own savepoint, so only the faulty one
-fails.
+Why batches: on the writer thread every statement costs a GIL hand-over with the event loop,
+and a group of uplinks written one statement at a time cost half a dozen per uplink. A
+`Batch` writes all the items of a group with a fixed handful of set-based statements,
+whatever the group's size (in the writer process too: fewer statements, shorter commits).
 
 Why `synchronous=FULL`: in WAL mode `NORMAL` fsyncs only at checkpoints, so after a power cut
 the last transactions before it can be rolled back even though COMMIT returned. A node whose
@@ -43,34 +41,30 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
+
+from gateway.store.groups import Batch, CommitHook, GroupCommitter, Outcome, Write, run_group
+from gateway.store.writer import Reply, WriterProcess
 
 T = TypeVar("T")
-Work = Callable[[sqlite3.Connection], T]
 Item = TypeVar("Item")
-Item_contra = TypeVar("Item_contra", contravariant=True)
-Result_co = TypeVar("Result_co", covariant=True)
+Work = Callable[[sqlite3.Connection], T]
+
+__all__ = [
+    "Batch",
+    "CommitHook",
+    "CommitStats",
+    "Database",
+    "DatabaseClosed",
+    "apply_schema",
+    "connect",
+]
 
 log = logging.getLogger(__name__)
 
 
 class DatabaseClosed(RuntimeError):
-    """A write was submitted after `close()` started."""
-
-
-class Batch(Protocol[Item_contra, Result_co]):
-    """Writes of one kind that the group committer runs many at a time.
-
-    `run` gets the items of consecutive `submit` calls in submission order, inside the group
-    transaction on the writer thread, and returns one result per item, in the same order.
-    It should use a fixed number of statements whatever the number of items (see the module
-    docstring). If it raises, its changes are rolled back and the items are run again one at
-    a time, so the exception reaches only the callers whose items raise on their own.
-    """
-
-    def run(
-        self, conn: sqlite3.Connection, items: Sequence[Item_contra]
-    ) -> Sequence[Result_co]: ...
+    """A write was submitted after `close()` started (or the committer has stopped)."""
 
 
 def connect(
@@ -113,28 +107,15 @@ def apply_schema(conn: sqlite3.Connection, schemas: Sequence[str]) -> None:
 
 @dataclass
 class CommitStats:
-    groups: int = 0
+    groups: int = 0  # on both writers
     works: int = 0  # writes committed or failed alone: `transact` works and batch items
-    batch_runs: int = 0  # calls of `Batch.run` (a run that failed and was split counts once)
+    process_groups: int = 0  # of which committed by the writer process
     last_commit_s: float = 0.0  # duration of the latest group, BEGIN to COMMIT
     last_commit_at: float = 0.0  # time.time() of the latest commit
 
 
-@dataclass(slots=True)
-class _Write(Generic[T]):
-    """One queued write: a work, or an item for a batch."""
-
-    future: asyncio.Future[T]
-    work: Work[T] | None = None
-    batch: Batch[Any, T] | None = None
-    item: Any = None
-
-
-Outcome = tuple[bool, Any]  # (True, result) or (False, exception)
-
-
 class Database:
-    """The gateway's SQLite file: `transact` and `submit` (group-committed writes) and `read`."""
+    """The gateway's SQLite file: `transact`/`submit` (group-committed writes) and `read`."""
 
     def __init__(
         self,
@@ -145,6 +126,7 @@ class Database:
         max_group: int = 1000,
         wal_autocheckpoint: int = 1000,
         journal_size_limit: int = 4 * 1024 * 1024,
+        writer_process: bool = False,
     ) -> None:
         self.path = path
         self._synchronous: Literal["FULL", "NORMAL"] = synchronous
@@ -152,20 +134,23 @@ class Database:
         self._max_group = max(1, max_group)
         self._wal_autocheckpoint = wal_autocheckpoint
         self._journal_size_limit = journal_size_limit
+        self._want_process = writer_process
         # One thread owns the writer connection, another the reader: sqlite3 objects are not
         # shared between threads, and the GIL is released while SQLite works.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="db-writer")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
         self._wconn: sqlite3.Connection | None = None
         self._rconn: sqlite3.Connection | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # set by open()
-        self._queue: list[_Write[Any]] = []  # waiting for the next group
-        self._queued_at = 0.0  # loop time when the oldest of them arrived
-        self._committing: list[_Write[Any]] | None = None  # the group on the writer thread
-        self._timer: asyncio.TimerHandle | None = None  # starts the next group
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: GroupCommitter | None = None
+        self._process: GroupCommitter | None = None  # None: batches go to the thread
+        self._child: WriterProcess | None = None
+        self._group_ids = 0
         self._closing = False
         self._broken: BaseException | None = None  # why the committer stopped, if it did
-        self.before_commit: list[Callable[[sqlite3.Connection], None]] = []
+        self.before_commit: list[Callable[[sqlite3.Connection], None]] = []  # thread only
+        self.commit_hooks: list[CommitHook] = []  # both writers (see CommitHook)
+        self._sent_hooks: list[CommitHook] = []  # those of the group in the writer process
         self.after_commit: list[Callable[[], None]] = []  # called on the event loop
         self.stats = CommitStats()
 
@@ -188,35 +173,59 @@ class Database:
             self._reader, lambda: connect(self.path, read_only=True)
         )
         self._loop = loop
+        self._thread = GroupCommitter(
+            loop, self._window, self._max_group, self._dispatch_thread, self._committed
+        )
+        if self._want_process:
+            await self._start_process()
+
+    async def _start_process(self) -> None:
+        settings = {
+            "path": str(self.path),
+            "synchronous": self._synchronous,
+            "wal_autocheckpoint": self._wal_autocheckpoint,
+            "journal_size_limit": self._journal_size_limit,
+        }
+        try:
+            self._child = await WriterProcess.start(
+                settings, self._process_reply, self._process_exit
+            )
+        except (OSError, RuntimeError, TimeoutError, EOFError) as exc:
+            log.warning("no writer process (%s): its batches are written by the thread", exc)
+            return
+        assert self._loop is not None
+        self._process = GroupCommitter(
+            self._loop, self._window, self._max_group, self._dispatch_process, self._committed
+        )
 
     @property
     def healthy(self) -> bool:
-        return self._loop is not None and not self._closing and self._broken is None
+        return self._thread is not None and not self._closing and self._broken is None
 
-    def _enqueue(self, write: _Write[T]) -> asyncio.Future[T]:
-        if self._closing or self._loop is None:
+    @property
+    def writer_process(self) -> int | None:
+        """The writer process's pid while it commits the batches, else None."""
+        return self._child.pid if self._child is not None and self._process else None
+
+    def _enqueue(self, write: Write[T], to_process: bool = False) -> asyncio.Future[T]:
+        if self._closing or self._thread is None:
             raise DatabaseClosed("the database is closed or closing")
         if self._broken is not None:  # never leave a caller waiting for a commit that cannot come
             raise DatabaseClosed(f"the group committer has stopped: {self._broken!r}")
-        if not self._queue:
-            self._queued_at = self._loop.time()
-        self._queue.append(write)
-        if self._committing is None:
-            if len(self._queue) >= self._max_group:
-                self._start_group()
-            elif self._timer is None:
-                self._schedule_group()
+        committer = self._process if to_process and self._process is not None else self._thread
+        committer.add(write)
         return write.future
 
     def transact(self, work: Work[T]) -> asyncio.Future[T]:
         """Run `work` in the next group transaction; the future resolves after its COMMIT."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        return self._enqueue(_Write(future, work=work))
+        return self._enqueue(Write(future, work=work))
 
     def submit(self, batch: Batch[Item, T], item: Item) -> asyncio.Future[T]:
         """Hand `item` to `batch` in the next group; the future resolves after its COMMIT."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        return self._enqueue(_Write(future, batch=batch, item=item))
+        to_process = bool(getattr(batch, "writer_process", False))
+        return self._enqueue(Write(future, batch=batch, item=item), to_process)
 
     async def read(self, work: Work[T]) -> T:
         assert self._rconn is not None, "open() first"
@@ -231,120 +240,151 @@ class Database:
 
     async def flush(self) -> None:
         """Return once everything submitted so far has committed."""
+        if self._process is not None:
+            await self._process.drained()
         await self.transact(lambda conn: None)
 
-    # -- group scheduling (on the loop: no task of its own, one thread hop each way per group) --
+    def _committed(self) -> None:
+        for callback in self.after_commit:
+            try:
+                callback()
+            except Exception:  # a listener's bug must not stop the committer
+                log.exception("after-commit callback %r failed", callback)
 
-    def _schedule_group(self) -> None:
-        """Start the next group once its oldest write has waited `group_window_s` for company.
+    # -- the writer thread ---------------------------------------------------------------------
 
-        After a commit the writes that arrived meanwhile have usually waited that long already
-        and go at once; to an idle writer, a lone write waits the window (a few ms) so that
-        the writes arriving close behind it share its fsync.
-        """
-        assert self._loop is not None
-        delay = self._queued_at + self._window - self._loop.time()
-        if delay <= 0 or len(self._queue) >= self._max_group:
-            self._start_group()
-        else:
-            self._timer = self._loop.call_later(delay, self._start_group)
+    def _dispatch_thread(self, group: list[Write[Any]]) -> None:
+        loop, committer = self._loop, self._thread
+        assert loop is not None and committer is not None
 
-    def _start_group(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._committing is not None or not self._queue:
-            return
-        group = self._queue[: self._max_group]
-        del self._queue[: self._max_group]  # any left over are older than the window by now
-        self._committing = group
-        loop = self._loop
-        assert loop is not None
+        hooks = list(self.commit_hooks)
 
-        def committed(done: concurrent.futures.Future[list[Outcome]]) -> None:
+        def finished(done: concurrent.futures.Future[tuple[list[Outcome], list[Any]]]) -> None:
             # On the writer thread: the one hop back to the loop for the whole group.
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                loop.call_soon_threadsafe(self._group_done, group, done)
+                loop.call_soon_threadsafe(self._thread_done, committer, group, hooks, done)
 
-        self._writer.submit(self._run_group, group).add_done_callback(committed)
+        self._writer.submit(self._run_group, group, hooks).add_done_callback(finished)
 
-    def _group_done(
-        self, group: list[_Write[Any]], done: concurrent.futures.Future[list[Outcome]]
+    def _thread_done(
+        self,
+        committer: GroupCommitter,
+        group: list[Write[Any]],
+        hooks: list[CommitHook],
+        done: concurrent.futures.Future[tuple[list[Outcome], list[Any]]],
     ) -> None:
-        self._committing = None
         try:
-            outcomes = done.result()
+            outcomes, results = done.result()
             committed = True
         except BaseException as exc:  # noqa: BLE001 -- COMMIT failed (disk full, I/O error)
             log.error("group commit of %d writes failed: %s", len(group), exc)
-            outcomes, committed = [(False, exc)] * len(group), False
-        if self._queue:  # keep the writer busy while this group's callers resume
-            self._schedule_group()
+            outcomes, results, committed = [(False, exc)] * len(group), [], False
+        self._settle(committer, group, outcomes, committed)
+        self._report(hooks, results)
+
+    def _report(self, hooks: list[CommitHook], results: list[Any]) -> None:
+        for hook, result in zip(hooks, results, strict=False):
+            try:
+                hook.report(result)
+            except Exception:  # committed already: a reporting bug must not stop the committer
+                log.exception("commit hook report %r failed", hook.report)
+
+    def _settle(
+        self,
+        committer: GroupCommitter,
+        group: list[Write[Any]],
+        outcomes: list[Outcome],
+        committed: bool,
+    ) -> None:
         try:
-            for write, (ok, value) in zip(group, outcomes, strict=True):
-                if write.future.done():  # the caller gave up waiting; it committed anyway
-                    continue
-                if ok:
-                    write.future.set_result(value)
-                else:
-                    write.future.set_exception(value)
+            committer.done(group, outcomes, committed)
         except BaseException as exc:  # a bug here: stop rather than leave callers hanging
             self._break(exc)
             raise
-        if committed:
-            for callback in self.after_commit:
-                try:
-                    callback()
-                except Exception:  # a listener's bug must not stop the committer
-                    log.exception("after-commit callback %r failed", callback)
+
+    def _run_group(
+        self, group: list[Write[Any]], hooks: list[CommitHook]
+    ) -> tuple[list[Outcome], list[Any]]:
+        conn = self._wconn
+        assert conn is not None
+        start = time.perf_counter()
+        done = run_group(conn, group, self.before_commit, [hook.check for hook in hooks])
+        self._count(len(group), time.perf_counter() - start)
+        return done
+
+    def _count(self, writes: int, seconds: float) -> None:
+        self.stats.groups += 1
+        self.stats.works += writes
+        self.stats.last_commit_s = seconds
+        self.stats.last_commit_at = time.time()
 
     def _break(self, exc: BaseException) -> None:
         log.critical("the group committer stopped: %r", exc)
         self._broken = exc
-        waiting, self._queue = self._queue, []
-        for write in waiting:
-            if not write.future.done():
-                write.future.set_exception(DatabaseClosed(f"the group committer stopped: {exc!r}"))
+        for committer in (self._thread, self._process):
+            if committer is None:
+                continue
+            for write in committer.take_queue():
+                if not write.future.done():
+                    stopped = DatabaseClosed(f"the group committer stopped: {exc!r}")
+                    write.future.set_exception(stopped)
 
-    # -- the writer thread ---------------------------------------------------------------------
+    # -- the writer process --------------------------------------------------------------------
 
-    def _run_group(self, group: list[_Write[Any]]) -> list[Outcome]:
-        conn = self._wconn
-        assert conn is not None
-        start = time.perf_counter()
-        outcomes: list[Outcome] = []
-        runs = 0
-        conn.execute("BEGIN IMMEDIATE")
+    def _dispatch_process(self, group: list[Write[Any]]) -> None:
+        assert self._child is not None and self._process is not None
+        runs: list[tuple[Any, list[Any]]] = []
+        for write in group:
+            if runs and runs[-1][0] is write.batch:
+                runs[-1][1].append(write.item)
+            else:
+                runs.append((write.batch, [write.item]))
+        self._group_ids += 1
+        self._sent_hooks = list(self.commit_hooks)
         try:
-            i = 0
-            while i < len(group):
-                first = i == 0
-                batch = group[i].batch
-                if batch is None:
-                    work = group[i].work
-                    assert work is not None
-                    outcomes.append(_attempt(conn, work, first))
-                    i += 1
-                    continue
-                end = i + 1
-                while end < len(group) and group[end].batch is batch:
-                    end += 1
-                outcomes.extend(_run_batch(conn, batch, [w.item for w in group[i:end]], first))
-                runs += 1
-                i = end
-            for hook in self.before_commit:
-                hook(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        self.stats.groups += 1
-        self.stats.works += len(group)
-        self.stats.batch_runs += runs
-        self.stats.last_commit_s = time.perf_counter() - start
-        self.stats.last_commit_at = time.time()
-        return outcomes
+            self._child.send(self._group_ids, runs, [hook.check for hook in self._sent_hooks])
+        except TypeError as exc:  # something that does not pickle: a bug, fail this group
+            log.error("group of %d writes not sent to the writer process: %s", len(group), exc)
+            self._settle(self._process, group, [(False, exc)] * len(group), False)
+
+    def _process_reply(self, reply: Reply) -> None:
+        group_id, outcomes, results, seconds = reply
+        committer = self._process
+        if committer is None or committer.in_flight is None or group_id != self._group_ids:
+            log.error("unexpected reply %d from the writer process", group_id)
+            return
+        group = committer.in_flight
+        if isinstance(outcomes, BaseException):
+            log.error("group commit of %d writes failed: %s", len(group), outcomes)
+            self._settle(committer, group, [(False, outcomes)] * len(group), False)
+            return
+        hooks = self._sent_hooks  # settling may send the next group, with its own
+        self.stats.process_groups += 1
+        self._count(len(group), seconds)
+        self._settle(committer, group, outcomes, True)
+        self._report(hooks, results or [])
+
+    def _process_exit(self, code: int | None) -> None:
+        committer, self._process = self._process, None
+        if committer is None:
+            return
+        if not self._closing:
+            log.error("the writer process exited (%s): the thread writes its batches now", code)
+        # The queued writes first: settling the lost group would otherwise start the next.
+        queued = committer.take_queue()
+        lost = committer.in_flight
+        if lost is not None:  # its COMMIT may or may not have happened: the callers retry
+            gone = DatabaseClosed(f"the writer process exited ({code}) during this commit")
+            self._settle(committer, lost, [(False, gone)] * len(lost), False)
+        for write in queued:
+            if write.future.done():
+                continue
+            if self._thread is None or self._broken is not None or self._closing:
+                write.future.set_exception(DatabaseClosed(f"the writer process exited ({code})"))
+            else:
+                self._thread.add(write)
+
+    # -- closing -------------------------------------------------------------------------------
 
     def disk_bytes(self) -> int:
         """What the database occupies on disk now: main file, WAL and shared-memory index."""
@@ -355,24 +395,24 @@ class Database:
         return total
 
     async def close(self) -> None:
-        """Commit what is queued, checkpoint the WAL into the main file, close both sides."""
-        if self._loop is None:
+        """Commit what is queued, stop the writer process, checkpoint the WAL, close."""
+        if self._thread is None:
             self._writer.shutdown()
             self._reader.shutdown()
             return
         if not self._closing:
             if self._broken is not None:
-                log.error("the group committer had stopped; %d writes dropped", len(self._queue))
+                log.error("the group committer had stopped: queued writes were dropped")
             else:
                 # Until nothing is queued or committing: a caller resumed by one flush may
                 # have written again.
                 await self.flush()
-                while self._queue or self._committing is not None:
+                while not self._thread.idle or (self._process and not self._process.idle):
                     await self.flush()
             self._closing = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._thread.cancel_timer()
+            if self._child is not None:
+                await self._child.close()
         loop = asyncio.get_running_loop()
         rconn, wconn = self._rconn, self._wconn
         if rconn is not None:
@@ -389,59 +429,3 @@ class Database:
         self._rconn = self._wconn = None
         self._writer.shutdown()
         self._reader.shutdown()
-
-
-def _attempt(conn: sqlite3.Connection, work: Work[Any], first: bool) -> Outcome:
-    """Run one write so that, if it fails, its changes alone are undone.
-
-    A savepoint around it does that, at the price of two statements (see the module docstring
-    on why statements count). The first write of a transaction needs none: the transaction
-    itself is started again instead.
-    """
-    if not first:
-        return _in_savepoint(conn, work)
-    try:
-        return (True, work(conn))
-    except Exception as exc:  # noqa: BLE001 -- handed to that write's caller
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.execute("BEGIN IMMEDIATE")
-        return (False, exc)
-
-
-def _in_savepoint(conn: sqlite3.Connection, work: Work[Any]) -> Outcome:
-    conn.execute("SAVEPOINT work")
-    try:
-        value = work(conn)
-    except Exception as exc:  # noqa: BLE001 -- handed to that write's caller
-        conn.execute("ROLLBACK TO work")
-        conn.execute("RELEASE work")
-        return (False, exc)
-    conn.execute("RELEASE work")
-    return (True, value)
-
-
-def _run_batch(
-    conn: sqlite3.Connection, batch: Batch[Any, Any], items: list[Any], first: bool
-) -> list[Outcome]:
-    def run_all(c: sqlite3.Connection) -> list[Any]:
-        results = list(batch.run(c, items))
-        if len(results) != len(items):
-            raise RuntimeError(f"{batch!r} returned {len(results)} results for {len(items)}")
-        return results
-
-    ok, value = _attempt(conn, run_all, first)
-    if ok:
-        return [(True, result) for result in value]
-    if len(items) == 1:
-        return [(False, value)]
-    log.warning("a batch of %d writes failed (%s); retrying them one by one", len(items), value)
-    outcomes = []
-    for item in items:
-
-        def alone(c: sqlite3.Connection, item: Any = item) -> Any:
-            (result,) = batch.run(c, [item])
-            return result
-
-        outcomes.append(_in_savepoint(conn, alone))
-    return outcomes

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.records import Reading
-from gateway.store.db import Database
+from gateway.store.db import CommitHook, Database
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS counters(
 """
 
 EVICTION_CLASSES = ("delivered", "routine", "alarm")
+Eviction = tuple[str, int, int, int]  # class, readings evicted, first and last seq
 _READING_COLUMNS = "reading_id, node_id, kind, received_at, age_s, data, alarm"
 # Set-based writes for `Store.add_in`: rows come from one JSON array parameter. A reading's
 # data is a JSON object inside that array, and json_extract returns it as compact JSON text,
@@ -180,7 +181,7 @@ class Store:
         self.max_bytes = max_bytes
         self.budget = budget(max_bytes)
         self._on_evicted = on_evicted
-        db.before_commit.append(self._evict_if_full)
+        db.commit_hooks.append(CommitHook(Evictor(self.budget), self._report_evictions))
 
     async def reconcile_sinks(self) -> None:
         """Forget the outbox of sinks no longer configured, so they hold nothing back."""
@@ -207,47 +208,8 @@ class Store:
     # -- writes (the *_in functions run inside a group transaction on the writer thread) ----
 
     def add_in(self, conn: sqlite3.Connection, readings: Iterable[Reading]) -> list[bool]:
-        """Insert readings; for each, whether it was new (a duplicate id is ignored).
-
-        Set-based, for a whole commit group's readings at once (the pipeline's batch): one
-        statement inserts them and one fills the sinks' outboxes. A reading id already stored
-        (a resend) makes the insert fail as a whole, which undoes it; only then are the stored
-        ids looked up and the new readings inserted alone. Each reading's data is serialised
-        once, inside the one JSON document the insert reads its rows from.
-        """
-        readings = list(readings)
-        rows: dict[str, tuple[Any, ...]] = {}  # by id: the same id twice, the first one counts
-        fresh = []
-        for r in readings:
-            fresh.append(r.reading_id not in rows)
-            if fresh[-1]:
-                rows[r.reading_id] = (
-                    r.reading_id, r.node_id, r.kind, r.received_at, r.age_s, r.alarm, r.data
-                )  # fmt: skip
-        try:
-            self._insert(conn, list(rows.values()))
-        except sqlite3.IntegrityError:  # some were stored before: this is the rare path
-            ids = json.dumps(list(rows))
-            stored = {row[0] for row in conn.execute(_STORED_AMONG, (ids,))}
-            self._insert(conn, [row for rid, row in rows.items() if rid not in stored])
-            seen = set(stored)
-            fresh = []
-            for r in readings:
-                fresh.append(r.reading_id not in seen)
-                seen.add(r.reading_id)
-        return fresh
-
-    def _insert(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        document = json.dumps(rows, separators=(",", ":"), sort_keys=True, allow_nan=False)
-        cursor = conn.execute(_INSERT_READINGS, (1 if self.sinks else 0, document))
-        if self.sinks:
-            # One statement, no conflict: AUTOINCREMENT gave the rows consecutive seqs, the
-            # highest being the last insert's rowid.
-            assert cursor.lastrowid is not None
-            first_seq = cursor.lastrowid - len(rows) + 1
-            conn.execute(_FILL_OUTBOXES, (json.dumps(self.sinks), first_seq))
+        """Insert readings; for each, whether it was new (see `add_readings_in`)."""
+        return add_readings_in(conn, self.sinks, readings)
 
     async def add(self, readings: Sequence[Reading]) -> int:
         """Store readings durably; returns how many were new once their group has committed."""
@@ -383,11 +345,36 @@ class Store:
 
     # -- the bound -----------------------------------------------------------------------------
 
-    def _evict_if_full(self, conn: sqlite3.Connection) -> None:
-        """Before each commit: if over budget, evict a few % below it (hysteresis)."""
+    def _report_evictions(self, evictions: list[Eviction]) -> None:
+        """On the loop, once the commit that evicted them has returned."""
+        for cls, count, first, last in evictions:
+            level = logging.INFO if cls == "delivered" else logging.WARNING
+            log.log(
+                level,
+                "store full: evicted %d %s readings (seq %d..%d) to stay under %d bytes",
+                count,
+                cls,
+                first,
+                last,
+                self.max_bytes,
+                extra={"evicted": count, "class": cls},
+            )
+            if self._on_evicted is not None:
+                self._on_evicted(cls, count)
+
+
+@dataclass(frozen=True)
+class Evictor:
+    """Before each commit, on whichever writer commits it (a `CommitHook` check, so it
+    pickles: the budget is all it holds): if over budget, evict a few % below it
+    (hysteresis); returns what it evicted, for `Store._report_evictions`."""
+
+    budget: Budget
+
+    def __call__(self, conn: sqlite3.Connection) -> list[Eviction]:
         used = _used_bytes(conn)
         if used <= self.budget.evict_above:
-            return
+            return []
         target = self.budget.evict_to
         total = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
         chunk = max(16, total // 200)
@@ -404,6 +391,7 @@ class Store:
             span = ranges.setdefault(cls, [seqs[0], seqs[-1]])
             span[0], span[1] = min(span[0], seqs[0]), max(span[1], seqs[-1])
             used = _used_bytes(conn)
+        done: list[Eviction] = []
         for cls, count in evicted.items():
             if not count:
                 continue
@@ -413,19 +401,8 @@ class Store:
                 (f"evicted_{cls}", count),
             )
             first, last = ranges[cls]
-            level = logging.INFO if cls == "delivered" else logging.WARNING
-            log.log(
-                level,
-                "store full: evicted %d %s readings (seq %d..%d) to stay under %d bytes",
-                count,
-                cls,
-                first,
-                last,
-                self.max_bytes,
-                extra={"evicted": count, "class": cls},
-            )
-            if self._on_evicted is not None:
-                self._on_evicted(cls, count)
+            done.append((cls, count, first, last))
+        return done
 
 
 def _used_bytes(conn: sqlite3.Connection) -> int:
@@ -474,3 +451,50 @@ def _close_if_done(conn: sqlite3.Connection, seq: int) -> None:
         " AND NOT EXISTS (SELECT 1 FROM parked WHERE seq = ?)",
         (seq, seq, seq),
     )
+
+
+def add_readings_in(
+    conn: sqlite3.Connection, sinks: Sequence[str], readings: Iterable[Reading]
+) -> list[bool]:
+    """Insert readings; for each, whether it was new (a duplicate id is ignored).
+
+    Set-based, for a whole commit group's readings at once (the pipeline's batch): one
+    statement inserts them and one fills the sinks' outboxes. A reading id already stored
+    (a resend) makes the insert fail as a whole, which undoes it; only then are the stored
+    ids looked up and the new readings inserted alone. Each reading's data is serialised
+    once, inside the one JSON document the insert reads its rows from.
+    """
+    readings = list(readings)
+    rows: dict[str, tuple[Any, ...]] = {}  # by id: the same id twice, the first one counts
+    fresh = []
+    for r in readings:
+        fresh.append(r.reading_id not in rows)
+        if fresh[-1]:
+            rows[r.reading_id] = (
+                r.reading_id, r.node_id, r.kind, r.received_at, r.age_s, r.alarm, r.data
+            )  # fmt: skip
+    try:
+        _insert(conn, sinks, list(rows.values()))
+    except sqlite3.IntegrityError:  # some were stored before: this is the rare path
+        ids = json.dumps(list(rows))
+        stored = {row[0] for row in conn.execute(_STORED_AMONG, (ids,))}
+        _insert(conn, sinks, [row for rid, row in rows.items() if rid not in stored])
+        seen = set(stored)
+        fresh = []
+        for r in readings:
+            fresh.append(r.reading_id not in seen)
+            seen.add(r.reading_id)
+    return fresh
+
+
+def _insert(conn: sqlite3.Connection, sinks: Sequence[str], rows: list[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    document = json.dumps(rows, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    cursor = conn.execute(_INSERT_READINGS, (1 if sinks else 0, document))
+    if sinks:
+        # One statement, no conflict: AUTOINCREMENT gave the rows consecutive seqs, the
+        # highest being the last insert's rowid.
+        assert cursor.lastrowid is not None
+        first_seq = cursor.lastrowid - len(rows) + 1
+        conn.execute(_FILL_OUTBOXES, (json.dumps(sinks), first_seq))

@@ -233,6 +233,19 @@ CATALOG: dict[str, tuple[str, str]] = {
     "Late": ("En retard", "Te laat"),
     "Silent": ("Muet", "Stil"),
     "Alarm": ("Alarme", "Alarm"),
+    # what a node reports in its status (LABELS "condition"), and where the pages show it
+    "Safe mode": ("Mode sans échec", "Veilige modus"),
+    "Reporting an error": ("Signale une erreur", "Meldt een fout"),
+    "Error reported by the node": ("Erreur signalée par le capteur", "Fout gemeld door de sensor"),
+    "Reported error": ("Erreur signalée", "Gemelde fout"),
+    "The node restarted too often and now only sends its status: it needs a visit (USB console).": (
+        "Le capteur a redémarré trop souvent et n’envoie plus que son état : il faut passer"
+        " le voir (console USB).",
+        "De sensor is te vaak herstart en stuurt nu alleen zijn status: hij moet bezocht"
+        " worden (USB-console).",
+    ),
+    "{n} in safe mode": ("{n} en mode sans échec", "{n} in veilige modus"),
+    "{n} reporting an error": ("{n} signalant une erreur", "{n} met een gemelde fout"),
     "Water meter": ("Compteur d’eau", "Watermeter"),
     "Parking spot": ("Place de parking", "Parkeerplaats"),
     "Street light": ("Éclairage public", "Straatlicht"),

@@ -31,6 +31,8 @@ NBSP = "\u00a0"  # between a number and its unit, so a narrow screen never split
 
 LABELS: dict[str, dict[str, str]] = {
     "health": {"ok": "OK", "late": "Late", "silent": "Silent", "alarm": "Alarm"},
+    # what a node reports about itself in its status (gateway/web/model.py CONDITIONS)
+    "condition": {"safe_mode": "Safe mode", "error": "Reporting an error"},
     "kind": {
         "leak": "Water meter",
         "occupancy": "Parking spot",

@@ -7,6 +7,12 @@ Node health, one of HEALTH:
   ok      otherwise
 The reporting interval is the node's `report_s` from its registry configuration, else the
 firmware's default for its kind.
+
+Beside its health, a node may report a condition in its latest status record (CONDITIONS):
+  safe_mode  it restarted too often and now only sends its status: someone must visit it
+  error      the error text it reports (a configuration or downlink it refused, a crash)
+Both come and go with the node's status records (gateway/store/status.py) and show next to
+the health; the node list filters on them as it does on health.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
     from gateway.agent import Agent
 
 HEALTH = ("ok", "late", "silent", "alarm")
+CONDITIONS = ("safe_mode", "error")
 KINDS = ("leak", "occupancy", "lighting", "binfill")
 # The firmware's default `report_s` per kind (firmware/kinds/*.py DEFAULTS).
 DEFAULT_INTERVAL_S = {"leak": 900, "occupancy": 3600, "lighting": 900, "binfill": 14400}
@@ -85,6 +92,18 @@ async def node_rows(agent: Agent, attention: Mapping[str, int], now: float) -> l
     return rows
 
 
+def has_condition(state: NodeState | None, condition: str) -> bool:
+    if state is None:
+        return False
+    if condition == "safe_mode":
+        return state.safe_mode
+    return condition == "error" and state.error is not None
+
+
+def condition_counts(rows: Sequence[NodeRow]) -> dict[str, int]:
+    return {c: sum(1 for r in rows if has_condition(r.state, c)) for c in CONDITIONS}
+
+
 def filter_rows(
     rows: Sequence[NodeRow], kind: str = "", status: str = "", link: str = "", text: str = ""
 ) -> list[NodeRow]:
@@ -93,7 +112,11 @@ def filter_rows(
         r
         for r in rows
         if (not kind or r.node.kind == kind)
-        and (not status or r.health == status)
+        and (
+            not status
+            or r.health == status
+            or (status in CONDITIONS and has_condition(r.state, status))
+        )
         and (not link or r.node.link == link)
         and (not needle or needle in r.node.node_id.lower() or needle in r.node.location.lower())
     ]

@@ -1,9 +1,21 @@
 # Stand-ins for the ESP32 port's machine, esp32 and network modules (the parts the esp32 board
 # uses, with the constants of the real port), so firmware/boards/esp32 runs on the unix port.
 # MicroPython subset. install() puts them in sys.modules before the board is imported.
+# esp32.ULP and machine.mem32 are backed by the ULP model (tests/firmware/ulp_model.py): `ulp`
+# below is the coprocessor with its RTC slow memory, kept across install() calls as deep sleep
+# keeps them; power_loss() starts a blank one.
 import sys
 
+from tests.firmware import ulp_model
+
 calls = []  # type: list
+ulp = ulp_model.ULP()
+
+
+def power_loss():
+    global ulp  # noqa: PLW0603 - the fakes' one coprocessor; a power loss blanks it
+    ulp = ulp_model.ULP()
+    RTC.mem = bytearray()
 
 
 class _Module:
@@ -22,6 +34,10 @@ class Pin:
     def __init__(self, id, mode=-1, pull=-1, value=None):
         self.id = id
         calls.append(("Pin", id, mode, pull))
+        pad = ulp_model.PADS.get(id)
+        if pad is not None and mode != -1:
+            # the port's Pin() takes an RTC pad back to the digital side (rtc_gpio_deinit)
+            ulp.regs[pad[0]] = ulp.regs.get(pad[0], 0) & ~(1 << pad[1])
 
     def value(self, v=None):
         if v is None:
@@ -84,12 +100,36 @@ class PCNT:
         return v - 0x10000 if v >= 0x8000 else v
 
 
+class ULP:
+    # esp32.ULP: one coprocessor, whatever the number of ULP() objects
+    def set_wakeup_period(self, index, period_us):
+        calls.append(("ulp_period", index, period_us))
+        ulp.set_wakeup_period(index, period_us)
+
+    def load_binary(self, addr, binary):
+        calls.append(("ulp_load", addr, len(binary)))
+        ulp.load_binary(addr, binary)
+
+    def run(self, entry):
+        calls.append(("ulp_run", entry))
+        ulp.run(entry)
+
+
+class _Mem32:
+    def __getitem__(self, addr):
+        return ulp.read32(addr)
+
+    def __setitem__(self, addr, value):
+        ulp.write32(addr, value)
+
+
 class SleepCalled(Exception):
     pass
 
 
-def install(reset_cause=1, wake_reason=0):
+def install(reset_cause=1, wake_reason=0, with_ulp=True):
     machine = _Module()
+    machine.mem32 = _Mem32()
     machine.Pin = Pin
     machine.ADC = ADC
     machine.PWM = PWM
@@ -117,7 +157,28 @@ def install(reset_cause=1, wake_reason=0):
     machine.freq = lambda hz: calls.append(("freq", hz))
     esp32 = _Module()
     esp32.PCNT = PCNT
-    esp32.wake_on_ext0 = lambda pin, level: calls.append(("ext0", pin.id, level))
+    wake = {"ext0": None}
+
+    def wake_on_ext0(pin, level):
+        if wake.get("ulp"):
+            raise ValueError("no resources")
+        wake["ext0"] = pin.id
+        calls.append(("ext0", pin.id, level))
+
+    def wake_on_ulp(on):
+        # the port's rule: no ULP wake-up next to an ext0 one
+        if wake["ext0"] is not None:
+            raise ValueError("no resources")
+        wake["ulp"] = on
+        calls.append(("wake_on_ulp", on))
+
+    esp32.wake_on_ext0 = wake_on_ext0
+    esp32.wake_on_ulp = wake_on_ulp
+    esp32.wake_on_ext1 = lambda pins, level: calls.append(("ext1", [p.id for p in pins], level))
+    esp32.WAKEUP_ALL_LOW = False
+    esp32.WAKEUP_ANY_HIGH = True
+    if with_ulp:
+        esp32.ULP = ULP
     network = _Module()
     sys.modules["machine"] = machine
     sys.modules["esp32"] = esp32

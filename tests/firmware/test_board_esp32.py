@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.firmware.node_support import run_mpy
+from tools import ulp
 
 PRELUDE = """
 import json
@@ -176,3 +177,79 @@ print(json.dumps([c for c in fakes.calls if c[0] in ("WDT", "Pin", "PWM")]
     assert out[-3] == "240ac4000001"
     assert out[-2] == "/ring.bin"
     assert "lora" in out[-1] and "meter" in out[-1]
+
+
+def with_ulp_program(tmp: Path) -> None:
+    """The generated module the image carries at the flash root (the node's folder here)."""
+    program = ulp.assemble(ulp.SOURCE.read_text())
+    (tmp / f"{ulp.MODULE}.py").write_text(ulp.module_text(program))
+
+
+def test_the_ulp_counts_pulses_through_deep_sleep_without_waking_the_cpu(tmp_path: Path) -> None:
+    with_ulp_program(tmp_path)
+    out = esp32(
+        tmp_path,
+        """
+b = Board()
+c = b.pulse_counter(34)
+fakes.ulp.sample(34, [1, 1, 0, 0, 1, 1, 0, 0, 1, 1])   # two pulses while awake
+awake = c.value()
+b.wake_on_pin(35, 1)                                      # the leak probe
+b.rtc_write(b"node state")
+try:
+    b.deep_sleep(900000)
+except fakes.SleepCalled:
+    pass
+fakes.ulp.sample(34, [0, 0, 1, 1] * 3 + [1] * 40)         # three more asleep, then 2 s quiet
+fakes.install(reset_cause=4, wake_reason=4)
+from firmware.boards.esp32 import Board as Board2
+b2 = Board2()
+c2 = b2.pulse_counter(34)
+asleep = c2.value()
+quiet = c2.quiet_s()
+fakes.ulp.mem[ulp_pulse.DRY] = (7 << 21) | 3              # the ULP's PC rides in the upper half
+dry = c2.dry()
+# a hard reset reloads the program: what it had counted goes into the board's base
+fakes.install(reset_cause=2, wake_reason=0)
+from firmware.boards.esp32 import Board as Board3
+c3 = Board3().pulse_counter(34)
+fakes.ulp.sample(34, [0, 0, 1, 1])
+print(json.dumps({"awake": awake, "asleep": asleep, "quiet": quiet, "dry": dry,
+                  "after_reset": c3.value(), "user": b2.rtc_read().decode(),
+                  "ulp": [c for c in fakes.calls if c[0].startswith("ulp")],
+                  "wake": [c for c in fakes.calls if c[0] in ("ext0", "ext1", "wake_on_ulp")],
+                  "meter_pins": [c for c in fakes.calls if c[0] == "Pin" and c[1] == 34],
+                  "period": fakes.ulp.period_us}))
+""".replace("b = Board()", "import ulp_pulse\nb = Board()"),
+    )
+    assert out["awake"] == 2
+    assert out["asleep"] == 5  # no wake per pulse: the ULP kept counting
+    assert out["quiet"] == 2  # 40 samples of 50 ms since the last edge
+    assert out["dry"] == 3
+    assert out["after_reset"] == 6
+    assert out["user"] == "node state"
+    # loaded once per cold boot (power-on, then the hard reset), never on a deep-sleep wake
+    assert [c[0] for c in out["ulp"]] == ["ulp_period", "ulp_load", "ulp_run"] * 2
+    assert out["ulp"][0] == ["ulp_period", 0, 50000]
+    # the ULP wake-up keeps its memory powered (its program never wakes the chip); the probe
+    # wakes by ext1, as MicroPython allows no ext0 next to the ULP
+    assert out["wake"] == [["wake_on_ulp", True], ["ext1", [35], True]]
+    assert out["meter_pins"] == []  # a Pin() would take the pad back from the RTC domain
+
+
+def test_without_the_ulp_program_or_an_rtc_pad_the_counter_falls_back_to_pcnt(
+    tmp_path: Path,
+) -> None:
+    with_ulp_program(tmp_path)
+    out = esp32(
+        tmp_path,
+        """
+b = Board()
+b.pulse_counter(25)                  # GPIO25: not an input-only RTC pad the program supports
+fakes.install(with_ulp=False)
+from firmware.boards.esp32 import Board as Board2
+Board2().pulse_counter(34)           # a port without esp32.ULP
+print(json.dumps([c[0] for c in fakes.calls if c[0] in ("PCNT", "ulp_load")]))
+""",
+    )
+    assert out == ["PCNT", "PCNT"]

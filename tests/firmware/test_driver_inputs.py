@@ -1,8 +1,13 @@
 """GPIO/ADC/UART input drivers: PIR, LD2410 radar, meter pulses, leak probe, battery."""
 
+import json
 import struct
 
 import pytest
+
+from firmware.boards.sim import scenario as sim_scenario
+from tests.firmware.node_support import run_mpy
+from tests.support.scripted_kinds import ulp_meter
 
 
 @pytest.fixture
@@ -149,6 +154,83 @@ def test_pulse_counter_hardware_counter_and_wrap(mpy, sb):
     assert plain.count() == 42
     with pytest.raises(ValueError):
         drv.PulseCounter()
+
+
+def test_pulse_counter_quiet_time_is_none_without_a_counter_that_keeps_it(mpy, sb):
+    drv = mpy.module("firmware.drivers.pulse")
+    soft = drv.PulseCounter(sb.Pin(1))  # the IRQ path: blind while the CPU sleeps
+    pcnt = drv.PulseCounter(counter=sb.Pin(42))  # a counter with value() alone (PCNT)
+    assert [soft.quiet_s(), soft.dry(), pcnt.quiet_s(), pcnt.dry()] == [None] * 4
+
+
+EPOCH = 1_700_000_000
+# exact binary fractions, so the pulses fall on whole seconds: 1 every 4 s from the start,
+# none from +400 s, a jump of 50 at +4000 s (3600 s after the last pulse: a dry hour, just),
+# 1 every 4096 s from +4500 s (dry hours between each), a burst at 2/s, quiet again
+PULSES = {
+    "start": EPOCH,
+    "signals": {"pulse_rate:34": 0.25},
+    "timeline": [
+        [400, {"pulse_rate:34": 0}],
+        [4000, {"pulses:34": 150}],
+        [4500, {"pulse_rate:34": 1 / 4096}],
+        [20000, {"pulse_rate:34": 2}],
+        [20100, {"pulse_rate:34": 0}],
+    ],
+}
+
+
+def test_sim_scenario_quiet_time_is_the_ulps_from_its_pulses(mpy):
+    # the reference: the pulse times found second by second in the count the scenario gives,
+    # run through an independent model of the ULP's bookkeeping
+    ref = sim_scenario.Scenario(PULSES)
+    pulses = []
+    last = 0
+    for t in range(EPOCH, EPOCH + 30001):
+        now = ref.at(t).get("pulses:34", 0)
+        pulses += [t] * (now - last)
+        last = now
+    assert len(pulses) == 100 + 50 + 3 + 200
+    sc = mpy.module("firmware.boards.sim.scenario").Scenario(PULSES)
+    since = EPOCH + 200  # the counter started (power-on) half way through the first stretch
+    times = sorted({since, EPOCH + 30000} | {p + d for p in pulses for d in (-1, 0, 1)})
+    times += range(since, EPOCH + 30000, 1111)
+    for t in times:
+        if t < since:
+            continue
+        _count, quiet, dry = ulp_meter(pulses, since, t)
+        assert sc.quiet("34", since, t) == (quiet, dry), t - EPOCH
+    # dry hours: the run before the jump, the 3 gaps around the slow pulses (not the 3212 s
+    # one before the burst), the run going on
+    assert sc.quiet("34", since, EPOCH + 30000) == (9900, 5)
+
+
+def test_sim_board_counter_gives_the_quiet_time_through_the_driver(tmp_path):
+    (tmp_path / ".sim").mkdir()
+    (tmp_path / ".sim/board.json").write_text(json.dumps({"epoch_s": EPOCH}))
+    (tmp_path / ".sim/scenario.json").write_text(json.dumps(PULSES))
+    code = f"""
+import json
+from firmware import boards
+from firmware.drivers.pulse import PulseCounter
+b = boards.load()
+m = PulseCounter(counter=b.pulse_counter(34), ticks_ms=b.ticks_ms)
+r = []
+for dt in (0, 399, 3999, 4000, 7600, 30000):
+    b.set_time({EPOCH} + dt)
+    r.append([m.count(), m.quiet_s(), m.dry()])
+print(json.dumps(r))
+"""
+    out = json.loads(run_mpy(code, tmp_path).stdout.splitlines()[-1])
+    # the counter starts at power-on, the scenario's start here
+    assert out == [
+        [0, 0, 0],
+        [99, 3, 0],
+        [100, 3599, 0],
+        [150, 0, 1],
+        [150, 3600, 2],
+        [353, 9900, 5],
+    ]
 
 
 # -- leak probe ----------------------------------------------------------------------------

@@ -2,14 +2,7 @@
 
 import pytest
 
-from protocol import schema
-
-
-def check(out):
-    recs = ([out["reading"]] if out["reading"] else []) + out["events"] + out["alarms"]
-    if recs:
-        schema.decode_uplink(schema.encode_uplink(recs))
-    return out
+from tests.support.kind_steps import checked_step as check
 
 
 @pytest.fixture

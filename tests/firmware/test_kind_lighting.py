@@ -5,19 +5,12 @@ import textwrap
 
 import pytest
 
-from protocol import schema
 from tests.support.interp import ROOT, micropython_binary
+from tests.support.kind_steps import checked_step as check
 
 H = 3600
 NIGHT = 22 * H  # tod_s at 22:00
 DAYTIME = 12 * H
-
-
-def check(out):
-    recs = ([out["reading"]] if out["reading"] else []) + out["events"] + out["alarms"]
-    if recs:
-        schema.decode_uplink(schema.encode_uplink(recs))
-    return out
 
 
 @pytest.fixture

@@ -2,16 +2,9 @@
 
 import pytest
 
-from protocol import schema
+from tests.support.kind_steps import checked_step as check
 
 BASE = (20000, -5000, 42000)  # nT: a plausible earth field at the spot
-
-
-def check(out):
-    recs = ([out["reading"]] if out["reading"] else []) + out["events"] + out["alarms"]
-    if recs:
-        schema.decode_uplink(schema.encode_uplink(recs))
-    return out
 
 
 @pytest.fixture

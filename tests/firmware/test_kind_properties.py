@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol import schema
+from tests.support.scripted_kinds import ulp_meter
 
 # the mpy fixture is one long-lived interpreter; each example builds its own kind in it
 EXAMPLES = settings(
@@ -66,6 +67,43 @@ def test_leak_volume_is_every_pulse(mpy, draws, pulse_ml):
     readings = [o["reading"] for o in outs if o["reading"]]
     if readings and readings[-1] is outs[-1]["reading"]:
         assert readings[-1]["volume_l"] == seen * pulse_ml // 1000
+
+
+def zero_hour_between(pulses, prev, now):
+    """A zero-flow hour was going on at some moment in (prev, now]: a quiet run between two
+    pulses (the counter's start at 0 the first, now the last) had lasted an hour by then.
+    The truth the leak kind should see at the wake at `now`."""
+    edges = [0] + [p for p in pulses if p <= now] + [now]
+    return any(b - a >= 3600 and a + 3600 <= now and b > prev for a, b in itertools.pairwise(edges))
+
+
+@EXAMPLES
+@given(
+    gaps=st.lists(st.integers(0, 7000), max_size=50),
+    wake_gaps=st.lists(st.integers(1, 4000), min_size=1, max_size=60),
+)
+def test_leak_zero_flow_hours_with_the_ulp_are_exact_and_never_fewer(mpy, gaps, wake_gaps):
+    leak = mpy.module("firmware.kinds.leak")
+    drive_saved = mpy.module("tests.support.scripted_kinds").drive_saved
+    pulses = list(itertools.accumulate(gaps))
+    times = list(itertools.accumulate(wake_gaps))
+    ulp_steps = []
+    plain_steps = []
+    for t in times:
+        count, quiet, dry = ulp_meter(pulses, 0, t)
+        ulp_steps.append(({"pulses": count, "quiet_s": quiet, "dry": dry}, t, None))
+        plain_steps.append(({"pulses": count}, t, None))
+    ulp = drive_saved(leak.Leak(), ulp_steps, "zero")
+    plain = drive_saved(leak.Leak(), plain_steps, "zero")
+    for i in range(1, len(times)):
+        prev, now = times[i - 1], times[i]
+        # the ULP sees every zero-flow hour the count across wakes sees, and sooner
+        assert ulp[i] >= plain[i]
+        # exactly those of the pulses' truth, dated within the interval they ended in
+        moved = ulp[i] != ulp[i - 1]
+        assert moved == zero_hour_between(pulses, prev, now), (i, pulses, times)
+        if moved:
+            assert prev < ulp[i] <= now
 
 
 @EXAMPLES

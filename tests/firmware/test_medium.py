@@ -89,7 +89,10 @@ def test_a_frame_arrives_after_its_airtime_with_rssi_and_snr_by_distance(
     done = tx.next()
     elapsed_ms = (time.monotonic() - start) * 1000
     toa = airtime.time_on_air_ms(20, 7)
-    assert done == {"op": "txdone", "toa_ms": toa, "t": 1234}
+    assert done is not None
+    began, ended = done.pop("start_ms"), done.pop("end_ms")
+    assert done == {"op": "txdone", "toa_ms": toa, "t": 1234, "scale": 1.0}
+    assert ended - began == pytest.approx(toa, abs=0.01)  # the medium's clock, at scale 1
     assert toa - 5 <= elapsed_ms <= toa + 150  # sent back after the airtime, not before
     heard = near.frames()
     assert len(heard) == 1
@@ -99,6 +102,7 @@ def test_a_frame_arrives_after_its_airtime_with_rssi_and_snr_by_distance(
     assert rx["rssi"] == pytest.approx(expected_rssi, abs=0.1)
     assert rx["snr"] == pytest.approx(expected_rssi - noise_floor_dbm(125000), abs=0.25)
     assert rx["from"] == [0, 0] and rx["t"] == 1234
+    assert (rx["start_ms"], rx["end_ms"], rx["scale"]) == (began, ended, 1.0)
     assert other_sf.frames(0.2) == []  # another spreading factor hears nothing
     assert tx.frames(0.2) == []  # nor does the sender
 
@@ -146,12 +150,20 @@ def test_overlapping_frames_collide_unless_one_is_much_stronger(medium: MediumPr
     assert got == [b"N" * 30]
 
 
-def test_the_sender_hears_a_quick_answer_after_txdone(medium: MediumProcess) -> None:
+def test_a_sender_hears_nothing_after_txdone_until_it_listens(medium: MediumProcess) -> None:
+    """As an SX127x goes to standby (or sleep) at TxDone: the node opens its RX window itself.
+    Its earlier listen lease does not carry over the transmission."""
     node, gateway = radios(medium, (0, 0), (300, 0))
     gateway.listen()
+    node.listen(ms=20000)
     time.sleep(0.05)
-    node.tx(b"uplink", grace_ms=500)
+    node.tx(b"uplink")
+    assert node.next()["op"] == "txdone"  # type: ignore[index]
     assert gateway.frames(0.3)[0]["data"] == b"uplink".hex()
+    gateway.tx(b"quick answer")
+    assert node.frames(0.3) == []  # not listening: the answer went by unheard
+    node.listen()
+    time.sleep(0.05)
     gateway.tx(b"downlink")
     heard = [m for m in iter(lambda: node.next(0.5), None) if m["op"] == "rx"]
     assert [bytes.fromhex(m["data"]) for m in heard] == [b"downlink"]

@@ -81,6 +81,33 @@ def test_validation_keeps_good_values_and_names_every_bad_one(tmp_path: Path) ->
     assert cfg["oscore"] is None
 
 
+def test_the_battery_divider_defaults_to_the_budgets_2_x_1_mohm(tmp_path: Path) -> None:
+    """Always connected, the divider is part of the sleep current: 2 x 1 MOhm is what
+    bench/node.py's 5-year budget assumes (2 x 100 kOhm alone would take a third of it)."""
+    done = run_mpy(
+        "import json\n"
+        "from firmware.node import config\n"
+        "from firmware.drivers.battery import Battery\n"
+        "class ADC:\n"
+        "    def read_uv(self):\n"
+        "        return 1600000\n"
+        "cfg, errors = config.validate({})\n"
+        "b = Battery(ADC())\n"
+        "print(json.dumps([cfg['battery'], errors, b.r_top, b.r_bottom, b.read_mv()]))",
+        tmp_path,
+    )
+    section, errors, r_top, r_bottom, mv = json.loads(done.stdout.splitlines()[-1])
+    assert section == {"r_top": 1_000_000, "r_bottom": 1_000_000} and errors == []
+    assert (r_top, r_bottom) == (1_000_000, 1_000_000)  # the driver's own defaults agree
+    assert mv == 3200  # 1.6 V at the pin: half the battery
+    draw_ua = 3.2 / (r_top + r_bottom) * 1e6
+    assert draw_ua <= 1.6  # bench/node.py DIVIDER_UA
+    # another divider is still a config value, within its range
+    other = validate(tmp_path, {"battery": {"r_top": 470000, "r_bottom": 20_000_000}})
+    assert other["cfg"]["battery"] == {"r_top": 470000, "r_bottom": 1_000_000}
+    assert other["errors"] == ["battery.r_bottom: 20000000 out of range 1..10000000"]
+
+
 @pytest.mark.parametrize(
     ("config", "error"),
     [

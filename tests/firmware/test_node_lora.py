@@ -16,19 +16,34 @@ from hil.simboard import SimNode
 from tests.firmware.node_support import MediumProcess, Peer, need_micropython, write_keys
 
 EPOCH = 1_700_000_000
+# The node's clock and the medium's airtime run this much faster than real time, and the
+# gateway stand-in's RX delay with them: the node light-sleeps RX_DELAY_MS / SPEED real ms
+# before it opens its window, so all three must agree.
+# At 20 the node's RX window would last ~3 ms of real time, which a loaded machine misses.
+SPEED = 4
+FAST = 20  # for tests that need no answer in the RX window
 
 
 @pytest.fixture
-def radio_world(tmp_path: Path) -> Iterator[tuple[MediumProcess, Path, dict[str, Any]]]:
+def radio_world(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[MediumProcess, Path, dict[str, Any]]]:
     need_micropython()
-    medium = MediumProcess("--time-scale", "50")
+    medium = MediumProcess("--time-scale", str(getattr(request, "param", SPEED)))
     keys = tmp_path / "keys"
     oscore = write_keys(keys, "leak-9")
     yield medium, keys, oscore
     medium.stop()
 
 
-def lora_node(tmp: Path, oscore: dict[str, Any], medium: MediumProcess, sf: int, **kind: Any):
+def lora_node(
+    tmp: Path,
+    oscore: dict[str, Any],
+    medium: MediumProcess,
+    sf: int,
+    speed: float = SPEED,
+    **kind: Any,
+):
     node = SimNode(tmp / "node")
     node.config(
         {
@@ -40,7 +55,7 @@ def lora_node(tmp: Path, oscore: dict[str, Any], medium: MediumProcess, sf: int,
             "kind_config": kind,
         }
     )
-    node.board(speed=20, epoch_s=EPOCH, medium=["127.0.0.1", medium.port], position=[0, 0])
+    node.board(speed=speed, epoch_s=EPOCH, medium=["127.0.0.1", medium.port], position=[0, 0])
     node.scenario(
         {"start": EPOCH, "signals": {"pulse_rate:34": 0.01, "adc:35": 3000000, "adc:36": 1600000}}
     )
@@ -51,7 +66,7 @@ def test_uplinks_reach_the_gateway_and_a_downlink_comes_back_in_the_rx_window(
     tmp_path: Path, radio_world: Any
 ) -> None:
     medium, keys, oscore = radio_world
-    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "7", "50")
+    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "7", str(SPEED))
     try:
         node = lora_node(tmp_path, oscore, medium, 7)
         peer.queue([{"type": "leak_config", "pulse_ml": 2000}])
@@ -73,15 +88,16 @@ def test_uplinks_reach_the_gateway_and_a_downlink_comes_back_in_the_rx_window(
     assert stats["counts"]["delivered"] >= 6  # three uplinks, three answers
 
 
+@pytest.mark.parametrize("radio_world", [FAST], indirect=True)
 def test_lora_sends_never_exceed_the_duty_cycle_and_refused_records_wait_in_flash(
     tmp_path: Path, radio_world: Any
 ) -> None:
     """SF12 and a reading every minute need about 2 s of airtime a minute: three times the
     1 % the sub-band allows. The ledger must refuse the excess; the records wait in flash."""
     medium, keys, oscore = radio_world
-    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "12", "50")
+    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "12", str(FAST))
     try:
-        node = lora_node(tmp_path, oscore, medium, 12, report_s=60)
+        node = lora_node(tmp_path, oscore, medium, 12, FAST, report_s=60)
         runs = node.cycles(26)
         before = len(peer.uplinks())
         band = medium.stats()["senders"]["0,0"]["M"]
@@ -121,7 +137,7 @@ def test_an_alarm_goes_confirmable_and_waits_in_flash_until_acknowledged(
     lost = node.cycles(1)[0]  # no gateway: three confirmable tries, then the ring
     assert "no acknowledgement in 3 windows" in lost.output
     assert medium.stats()["senders"]["0,0"]["M"]["frames"] == 3  # the same frame, 3 times
-    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "7", "50")
+    peer = Peer("lora", keys, medium.port, tmp_path, "800", "0", "7", str(SPEED))
     try:
         node.cycles(1)
         uplinks = peer.uplinks()

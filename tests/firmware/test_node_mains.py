@@ -12,7 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiocoap
 import cbor2
@@ -20,8 +20,12 @@ import pytest
 from aiocoap import oscore
 
 from hil.simboard import SimNode
-from protocol import schema
+from protocol import coap, schema
+from protocol import oscore as node_oscore
 from tests.firmware.node_support import (
+    GATEWAY_KID,
+    SALT,
+    SECRET,
     MediumProcess,
     Peer,
     free_port,
@@ -236,11 +240,19 @@ async def lora_push(context_dir: Path, medium_port: int) -> list[aiocoap.Message
     loop = asyncio.get_running_loop()
     frames: asyncio.Queue[bytes] = asyncio.Queue()
 
+    where = {"pos": [300, 0], "freq": 868100000, "sf": 7, "bw": 125000}
+
     class GatewayRadio(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.DatagramTransport, transport)
+
         def datagram_received(self, data: bytes, addr: Any) -> None:
             msg = json.loads(data)
             if msg["op"] == "rx":
                 frames.put_nowait(bytes.fromhex(msg["data"]))
+            elif msg["op"] == "txdone":  # back to receiving: the medium keeps no sender listening
+                listen = {"op": "listen", "ms": 5000, **where}
+                self.transport.sendto(json.dumps(listen).encode(), addr)
 
     transport, _ = await loop.create_datagram_endpoint(GatewayRadio, local_addr=("127.0.0.1", 0))
     security = oscore.FilesystemSecurityContext(str(context_dir))
@@ -259,8 +271,7 @@ async def lora_push(context_dir: Path, medium_port: int) -> list[aiocoap.Message
             protected.mtype = aiocoap.CON
             protected.mid = mid
             protected.token = bytes([mid & 0xFF])
-            tx = {"op": "tx", "pos": [300, 0], "freq": 868100000, "sf": 7, "bw": 125000}
-            tx.update(data=protected.encode().hex(), t=0, grace_ms=3000)
+            tx = {"op": "tx", **where, "data": protected.encode().hex(), "t": 0}
             transport.sendto(json.dumps(tx).encode(), ("127.0.0.1", medium_port))
             while True:
                 frame = await asyncio.wait_for(frames.get(), 5)
@@ -276,3 +287,120 @@ async def lora_push(context_dir: Path, medium_port: int) -> list[aiocoap.Message
         transport.close()
         security._destroy()
     return answers
+
+
+def test_a_lora_lamp_stays_silent_for_frames_that_are_not_its_own(tmp_path: Path) -> None:
+    """In continuous receive a lamp hears every node's uplinks and the gateway's pushes to the
+    other lamps: it answers none of them (the sub-band's duty cycle is shared) and counts them,
+    and still answers the gateway's own push with the Echo round after its boot."""
+    need_micropython()
+    keys = tmp_path / "keys"
+    oscore_cfg = write_keys(keys, "lamp-7", b"\x07")
+    medium = MediumProcess("--time-scale", "1")
+    try:
+        node = SimNode(tmp_path / "lamp")
+        node.config(
+            {
+                "node_id": "lamp-7",
+                "kind": "lighting",
+                "link": "lora",
+                "oscore": oscore_cfg,
+                "kind_config": {"hold_s": 1, "fade_ms": 300},
+            }
+        )
+        control = free_port()
+        node.board(
+            speed=1,
+            epoch_s=EPOCH,
+            control_port=control,
+            medium=["127.0.0.1", medium.port],
+            position=[0, 0],
+        )
+        node.scenario({"start": EPOCH, "signals": {}})
+        lamp = Lamp.__new__(Lamp)
+        lamp.control = control
+        lamp.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        lamp.sock.settimeout(2)
+        node.start()
+        try:
+            lamp.settled()
+            heard, answers = asyncio.run(strangers_then_push(keys / "lamp-7", medium.port))
+            proc = node.proc
+            assert proc is not None and proc.poll() is None
+            proc.kill()
+            output = proc.communicate()[0]
+        finally:
+            node.stop()
+    finally:
+        medium.stop()
+    assert [a.code for a in answers] == [aiocoap.UNAUTHORIZED, aiocoap.CHANGED]
+    # what the lamp put on the air, heard by a radio next to it: the two answers to the
+    # gateway's push, nothing for the three strangers' frames
+    answered = [m.mid for m in heard if m.mtype == aiocoap.ACK]
+    assert 0x1000 in answered and 0x1001 in answered
+    assert not set(answered) & set(STRANGER_MIDS), answered
+    assert "push refused" not in output
+    ignored = [line for line in output.splitlines() if "push: ignored" in line]
+    assert [line.split()[3] for line in ignored] == [
+        "UnknownContext",  # another node's uplink: its own kid
+        "DecryptionFailed",  # a push to another lamp: the gateway's kid, another key
+        "NotProtected",  # plain CoAP
+    ]
+    assert ignored[-1].endswith("(3 so far)")
+
+
+STRANGER_MIDS = (0x2001, 0x2002, 0x2003)
+
+
+def stranger_frames() -> list[bytes]:
+    body = cbor2.dumps(schema.encode_downlink({"type": "command", "command": "wake"}))
+    path_u, path_d = [(coap.URI_PATH, b"u")], [(coap.URI_PATH, b"d")]
+    uplink = coap.Message(coap.NON, coap.POST, STRANGER_MIDS[0], b"\x01", path_u, b"\xa0")
+    push = coap.Message(coap.CON, coap.POST, STRANGER_MIDS[1], b"\x02", path_d, body)
+    plain = coap.Message(coap.CON, coap.POST, STRANGER_MIDS[2], b"\x03", path_d, body)
+    neighbour = node_oscore.SecurityContext(SECRET, b"\x08", GATEWAY_KID, SALT)  # a node's uplink
+    other_lamp = node_oscore.SecurityContext(bytes(16), GATEWAY_KID, b"\x09", SALT)  # lamp 9's key
+    return [
+        neighbour.protect_request(uplink.encode()),
+        other_lamp.protect_request(push.encode()),
+        plain.encode(),
+    ]
+
+
+async def strangers_then_push(
+    context_dir: Path, medium_port: int
+) -> tuple[list[aiocoap.Message], list[aiocoap.Message]]:
+    """Three frames not for the lamp, each sent once the previous one ended, then the gateway's
+    push (lora_push); and every frame a radio 10 m from the lamp heard from it meanwhile."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Queue[None] = asyncio.Queue()
+    from_lamp: asyncio.Queue[aiocoap.Message] = asyncio.Queue()
+    channel = {"freq": 868100000, "sf": 7, "bw": 125000}
+
+    class Radio(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            msg = json.loads(data)
+            if msg["op"] == "txdone":
+                done.put_nowait(None)
+            elif msg["op"] == "rx" and msg["from"] == [0, 0]:
+                from_lamp.put_nowait(aiocoap.Message.decode(bytes.fromhex(msg["data"])))
+
+    medium = ("127.0.0.1", medium_port)
+    stranger, _ = await loop.create_datagram_endpoint(Radio, local_addr=("127.0.0.1", 0))
+    bystander, _ = await loop.create_datagram_endpoint(Radio, local_addr=("127.0.0.1", 0))
+    heard = []
+    try:
+        listen = {"op": "listen", "pos": [10, 0], "ms": 60000, **channel}
+        bystander.sendto(json.dumps(listen).encode(), medium)
+        for frame in stranger_frames():
+            tx = {"op": "tx", "pos": [200, 0], "t": 0, "data": frame.hex()}
+            stranger.sendto(json.dumps({**tx, **channel}).encode(), medium)
+            await asyncio.wait_for(done.get(), 5)  # on the air to its end: the next one
+        answers = await lora_push(context_dir, medium_port)
+        # the lamp's last answer reached the bystander too: anything it sent before is in
+        while not any(m.mid == 0x1001 for m in heard):
+            heard.append(await asyncio.wait_for(from_lamp.get(), 5))
+    finally:
+        stranger.close()
+        bystander.close()
+    return heard, answers

@@ -4,6 +4,7 @@
 config written into the test's tmp_path (anonymous, or a password file made by
 `mosquitto_passwd`; TLS with a throwaway CA and server certificate made by `cryptography`).
 `ngsi_ld_broker` is the validating broker of tests/gateway/ngsi_ld_broker.py in a thread.
+`send_all(sink, *batches)` runs a sink's whole life (start, sends, close) for its tests.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from gateway.records import Reading
+from gateway.sinks.base import SendResult, Sink
 from gateway.sinks.entities import NodeFacts
 from protocol import schema
 from tests.gateway.ngsi_ld_broker import NGSILDBroker
@@ -350,6 +352,15 @@ def make_reading(
 
 def sample_readings() -> list[Reading]:
     return [make_reading(node, msg, seq=i) for i, (node, msg) in enumerate(SAMPLES)]
+
+
+async def send_all(sink: Sink, *batches: Sequence[Reading]) -> list[SendResult]:
+    """A sink's whole life: start, send each batch in turn, close even when a send raised."""
+    await sink.start()
+    try:
+        return [await sink.send(batch) for batch in batches]
+    finally:
+        await sink.close()
 
 
 def node_facts(node: str) -> NodeFacts | None:

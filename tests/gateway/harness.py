@@ -1,9 +1,9 @@
 """A real gateway process for the reliability tests: the real Agent and store, fed by a
 test-only ingest link, forwarding to a test upstream that is a file.
 
-    python -m tests.gateway.harness CONFIG UPSTREAM_FILE
+    python -m tests.gateway.harness CONFIG UPSTREAM_FILE [--configured-links]
 
-- `UDPJsonLink` stands in for the CoAP link until it exists: one datagram
+- `UDPJsonLink` stands in for the CoAP link (nodes without OSCORE, cheap to play): one datagram
   {"node": ..., "seq": ..., "alarm": ...} is one uplink with one reading; the reply
   {"ack": [node, seq]} is sent only after `pipeline.handle` returned, i.e. after the durable
   commit, exactly where the CoAP link sends its 2.04. The port goes to <data_dir>/feeder.port;
@@ -11,6 +11,8 @@ test-only ingest link, forwarding to a test upstream that is a file.
 - `FileUpstream` is the city platform: it accepts a reading by appending a line and fsyncing,
   deduplicating on the reading id (as MQTT consumers and NGSI-LD upserts do). Every attempt
   is also logged, so a test can count the resends the dedup absorbed.
+- `--configured-links` runs the links the config names (the real CoAP link) instead of
+  `UDPJsonLink`; the upstream is `FileUpstream` either way.
 """
 
 from __future__ import annotations
@@ -121,8 +123,12 @@ class FileUpstream:
 
 
 def main(argv: list[str]) -> None:
-    config = load(Path(argv[0]))
-    agent = Agent(config, sinks=[FileUpstream(Path(argv[1]))], links=[UDPJsonLink])
+    config_path, upstream, *options = argv
+    if options not in ([], ["--configured-links"]):
+        raise SystemExit(f"usage: CONFIG UPSTREAM_FILE [--configured-links], not {options}")
+    config = load(Path(config_path))
+    links = None if options else [UDPJsonLink]
+    agent = Agent(config, sinks=[FileUpstream(Path(upstream))], links=links)
     asyncio.run(agent.run())
 
 

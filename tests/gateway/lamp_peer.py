@@ -149,7 +149,7 @@ class LoRaLamp:
         self.position = list(position)
         self.channel = dict(channel)
         self.node = LampNode()
-        self.server = Server(self.node, self.context)
+        self.server = Server(self.node, self.context, radio=True)  # silent to strangers
         self.frames_sent = 0
 
     def _send(self, op, **fields):
@@ -182,7 +182,7 @@ class LoRaLamp:
 
     def _transmit(self, frame):
         self.frames_sent += 1
-        self._send("tx", data=frame.hex(), t=0, grace_ms=0)
+        self._send("tx", data=frame.hex(), t=0)
 
     def close(self):
         self._send("idle")

@@ -2,11 +2,11 @@
 under sustained ingest; no acknowledged reading is lost and none reaches upstream twice.
 
 The gateway is `tests/gateway/harness.py`: the real Agent, store and forwarder, fed by a
-test-only UDP link (`UDPJsonLink`) and forwarding to a file upstream. `Feeder` plays the
+test-only UDP link (`UDPJsonLink`) and forwarding to a file upstream, started, killed and
+checked by tests/gateway/crash_harness.py as in test_ingest_crash_coap.py. `Feeder` plays the
 nodes: each sends its readings one at a time and resends the same reading (same sequence
 number, so the same reading id) until the gateway acknowledges it, as a node keeps a reading
-in its buffer until acked. To run this against the real CoAP link later, start the harness
-with that link and give `Feeder` a CoAP+OSCORE client in `send`; the checks stay as they are.
+in its buffer until acked.
 """
 
 from __future__ import annotations
@@ -16,86 +16,23 @@ import json
 import os
 import random
 import signal
-import socket
-import sqlite3
-import subprocess
-import sys
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from gateway import registry
-from gateway.registry import Node
-from gateway.store import connect
-from gateway.store.db import apply_schema
+from tests.gateway.crash_harness import GatewayProcess, check_delivered
 
-ROOT = Path(__file__).resolve().parents[2]
 TRIALS = 20
 NODES = [f"n{i:02d}" for i in range(16)]
 SEED = int(os.environ.get("CRASH_SEED", "5683"))
+LINK = "[links.coap]\nenabled = false\n"  # the harness's UDPJsonLink instead
 
 
-class Gateway:
-    """One gateway process at a time on the same data folder, watched through sd_notify."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp = tmp_path
-        self.data = tmp_path / "data"
-        self.config = tmp_path / "gateway.toml"
-        self.config.write_text(
-            'data_dir = "data"\n'
-            "[links.coap]\nenabled = false\n"
-            "[http]\nenabled = false\n"
-            "[sinks.spool]\nenabled = false\n"
-            "[forwarding]\nbatch_size = 20\nbatch_time_s = 0.02\n"
-            "retry_base_s = 0.05\nretry_max_s = 0.2\ndrain_max_rate = 100000\n"
-            '[logging]\nlevel = "WARNING"\n'
-        )
-        self.upstream = tmp_path / "upstream.jsonl"
-        self.notify_path = tmp_path / "notify.sock"
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(str(self.notify_path))
-        self.notify.setblocking(False)
-        self.log = (tmp_path / "gateway.log").open("ab")
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.data.mkdir()
-        conn = connect(self.data / "gateway.db")
-        apply_schema(conn, [registry.SCHEMA])
-        for node in NODES:
-            registry.add_node(conn, Node(node, "leak", "coap"))
-        conn.close()
-
-    async def start(self) -> int:
-        (self.data / "feeder.port").unlink(missing_ok=True)
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.gateway.harness", str(self.config), str(self.upstream)],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=self.log,
-        )
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                message = (await asyncio.wait_for(loop.sock_recv(self.notify, 4096), 0.2)).decode()
-            except TimeoutError:
-                message = ""
-            if "READY=1" in message:
-                return int((self.data / "feeder.port").read_text())
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway did not start:\n{self.logs()}")
-
-    def logs(self) -> str:
-        self.log.flush()
-        return (self.tmp / "gateway.log").read_text(errors="replace")[-3000:]
-
-    async def stop(self, sig: int) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return await asyncio.to_thread(self.proc.wait, 20)
+async def start(gateway: GatewayProcess) -> int:
+    """Start a life; the port its UDPJsonLink bound."""
+    (gateway.data / "feeder.port").unlink(missing_ok=True)
+    await gateway.start()
+    return int((gateway.data / "feeder.port").read_text())
 
 
 class Feeder(asyncio.DatagramProtocol):
@@ -158,72 +95,38 @@ class Feeder(asyncio.DatagramProtocol):
         self.stopping.set()
 
 
-def upstream_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_sigkill_under_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None:
     rng = random.Random(SEED)
-    gateway = Gateway(tmp_path)
+    gateway = GatewayProcess(tmp_path, NODES, link=LINK)
     feeder = Feeder()
 
     async def trials() -> list[float]:
         kills = []
         for _ in range(TRIALS):
-            port = await gateway.start()
+            port = await start(gateway)
             # Kill while readings arrive, are committed, acknowledged and forwarded.
-            moment = rng.uniform(0.05, 0.6)
             feeding = asyncio.create_task(feeder.run(port))
-            await asyncio.sleep(moment)
-            assert await gateway.stop(signal.SIGKILL) == -signal.SIGKILL
-            kills.append(moment)
+            kills.append(await gateway.kill_at_random(rng, 0.05, 0.6))
             feeder.stop()
             await feeding
         # A last life: more ingest, then everything acknowledged must reach upstream.
-        port = await gateway.start()
+        port = await start(gateway)
         await feeder.run(port, 0.5)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            ids = {line["id"] for line in upstream_lines(gateway.upstream)}
-            if feeder.acked <= ids:
-                break
-            await asyncio.sleep(0.1)
-        assert await gateway.stop(signal.SIGTERM) == 0, gateway.logs()
+        await gateway.drain(feeder.acked)
         return kills
 
     started = time.monotonic()
-    kills = asyncio.run(trials())
+    kills = gateway.run(trials())
     elapsed = time.monotonic() - started
 
-    lines = upstream_lines(gateway.upstream)
-    ids = [line["id"] for line in lines]
-    copies = Counter(ids)
     assert len(kills) == TRIALS
     assert len(feeder.acked) > 200, "too little ingest to mean anything"
-    # No acknowledged reading lost...
-    assert feeder.acked - set(ids) == set(), f"seed {SEED}: lost {feeder.acked - set(ids)}"
-    # ...none upstream twice...
-    assert [i for i, n in copies.items() if n > 1] == []
-    # ...nothing invented, and each node's readings arrived in order.
-    sent = {f"{n}:{s}:0" for n, top in feeder.next_seq.items() for s in range(top + 1)}
-    assert set(ids) <= sent
-    for node in NODES:
-        seqs = [line["seq"] for line in lines if line["node"] == node]
-        assert seqs == sorted(seqs), node
+    check_delivered(gateway, feeder.acked, feeder.next_seq, lambda n, s: f"{n}:{s}:0", SEED)
     # The upstream's dedup did absorb resends (a crash between its fsync and the store's
     # delivery mark), at most one batch in flight per crash.
-    attempts = Counter((gateway.upstream.parent / "upstream.jsonl.attempts").read_text().split())
-    resent = sum(n - 1 for n in attempts.values())
+    resent = sum(n - 1 for n in gateway.upstream_attempts().values())
     assert resent <= TRIALS * 20
-    # The store agrees: everything acknowledged is there, and nothing is left to forward.
-    with sqlite3.connect(gateway.data / "gateway.db") as conn:
-        stored = {r[0] for r in conn.execute("SELECT reading_id FROM readings")}
-        pending = conn.execute("SELECT COUNT(*) FROM pending").fetchone()[0]
-    assert feeder.acked <= stored
-    assert pending == 0
-    # The orderly stop checkpointed the WAL into the main file.
-    wal = gateway.data / "gateway.db-wal"
-    assert not wal.exists() or wal.stat().st_size == 0
+    assert gateway.wal_checkpointed()
     print(
         f"\n{TRIALS} SIGKILLs in {elapsed:.1f} s: {len(feeder.acked)} readings acknowledged, "
         f"all upstream once; {resent} resends absorbed by upstream dedup"
@@ -231,25 +134,16 @@ def test_sigkill_under_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None
 
 
 def test_sigterm_flushes_and_exits_cleanly(tmp_path: Path) -> None:
-    gateway = Gateway(tmp_path)
+    gateway = GatewayProcess(tmp_path, NODES, link=LINK)
     feeder = Feeder()
 
     async def run() -> int:
-        port = await gateway.start()
+        port = await start(gateway)
         await feeder.run(port, 0.3)
         code = await gateway.stop(signal.SIGTERM)
-        messages = []
-        while True:
-            try:
-                messages.append(gateway.notify.recv(4096).decode())
-            except BlockingIOError:
-                break
-        assert "STOPPING=1" in messages
+        assert "STOPPING=1" in gateway.notifications()
         return code
 
-    assert asyncio.run(run()) == 0, gateway.logs()
-    with sqlite3.connect(gateway.data / "gateway.db") as conn:
-        stored = {r[0] for r in conn.execute("SELECT reading_id FROM readings")}
-    assert feeder.acked and feeder.acked <= stored
-    wal = gateway.data / "gateway.db-wal"
-    assert not wal.exists() or wal.stat().st_size == 0
+    assert gateway.run(run()) == 0, gateway.logs()
+    assert feeder.acked and feeder.acked <= gateway.stored()
+    assert gateway.wal_checkpointed()

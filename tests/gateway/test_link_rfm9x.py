@@ -18,8 +18,8 @@ import adafruit_rfm9x
 import pytest
 
 from gateway.config import LoRaLinkConfig, RFM9xConfig
-from gateway.links.lora import LoRaLink
-from gateway.links.rfm9x import RFM9xRadio
+from gateway.links.lora import RX_DELAY_MS, RX_ERROR_MS, LoRaLink
+from gateway.links.rfm9x import POLL_S, RFM9xRadio
 from protocol import cbor, coap, oscore, schema
 from protocol.oscore_client import DONE, Exchange
 from tests.gateway.fakes import eventually
@@ -99,11 +99,32 @@ def settings(sf: int = 7) -> LoRaLinkConfig:
     )
 
 
+class TimedSX1276(scripted_bus.SX1276):  # type: ignore[misc]
+    """The scripted chip, noting when (time.monotonic()) each frame it heard raised RxDone and
+    when each transmission keyed up."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.rxdone_at: list[float] = []
+        self.tx_at: list[float] = []
+
+    def _advance(self) -> None:
+        heard = len(self.inbox)
+        super()._advance()
+        if len(self.inbox) < heard:
+            self.rxdone_at.append(time.monotonic())
+
+    def _op_mode(self, v: int) -> None:
+        super()._op_mode(v)
+        if v & 0x07 == 0x03:
+            self.tx_at.append(time.monotonic())
+
+
 class ScriptedRFM95:
     """The driver factory: the real RFM9x class on a scripted chip; keeps the parts."""
 
     def __init__(self) -> None:
-        self.chip = scripted_bus.SX1276(tx_polls=3)
+        self.chip = TimedSX1276(tx_polls=3)
         self.spi = BlinkaSPI(self.chip)
         self.cs = BlinkaPin(scripted_bus.ChipSelect(self.chip).value)
         self.reset = BlinkaPin()
@@ -137,22 +158,26 @@ def test_the_driver_configures_the_chip_as_the_nodes_expect() -> None:
 
 
 def test_frames_in_and_out_exactly_as_on_the_air() -> None:
-    async def run() -> tuple[list[tuple[bytes, float | None, float | None]], list[bytes], bool]:
+    async def run() -> tuple[list[tuple[Any, ...]], ScriptedRFM95, bool]:
         parts = ScriptedRFM95()
         radio = RFM9xRadio(settings(), driver=parts)
-        heard: list[tuple[bytes, float | None, float | None]] = []
+        heard: list[tuple[Any, ...]] = []
         await radio.start(lambda *frame: heard.append(frame))
         parts.chip.deliver(b"\x50\x02\x12\x34frame", pkt_rssi=60, pkt_snr=-10)
         await eventually(lambda: heard)
         sent = await radio.send(b"\x60\x44\x12\x34 answer")
         listening = parts.chip.mode() == 0x05
         await radio.close()
-        return heard, parts.chip.sent, sent and listening
+        return heard, parts, sent and listening
 
-    heard, on_air, ok = asyncio.run(run())
+    heard, parts, ok = asyncio.run(run())
     # the bare frame both ways: no RadioHead header added or taken away
-    assert heard == [(b"\x50\x02\x12\x34frame", 60 - 157, -2.5)]
-    assert on_air == [b"\x60\x44\x12\x34 answer"] and ok
+    ((frame, rssi, snr, rxdone),) = heard
+    assert (frame, rssi, snr) == (b"\x50\x02\x12\x34frame", 60 - 157, -2.5)
+    assert parts.chip.sent == [b"\x60\x44\x12\x34 answer"] and ok
+    # the time the link counts the RX delay from: when the driver saw RxDone, not later
+    (raised,) = parts.chip.rxdone_at
+    assert raised <= rxdone <= raised + POLL_S
 
 
 def test_the_lora_link_serves_a_node_through_the_rfm95(tmp_path: Path) -> None:
@@ -182,6 +207,12 @@ def test_the_lora_link_serves_a_node_through_the_rfm95(tmp_path: Path) -> None:
         parts.chip.deliver(exchange.first(), pkt_rssi=50, pkt_snr=20)
         gw.call(eventually(lambda: parts.chip.sent))
         (answer,) = parts.chip.sent
+        # the answer keyed up in the node's RX window: RX_DELAY_MS after the uplink's RxDone,
+        # within the RX_ERROR_MS the node's receiver allows each way
+        ((rxdone,), (keyed,)) = parts.chip.rxdone_at, parts.chip.tx_at
+        delay_ms = (keyed - rxdone) * 1000
+        print(f"RFM95 answer keyed up {delay_ms:.1f} ms after RxDone")
+        assert RX_DELAY_MS - RX_ERROR_MS <= delay_ms <= RX_DELAY_MS + RX_ERROR_MS
         assert coap.decode(answer).type == coap.ACK and coap.decode(answer).mid == 0x77
         action, response = exchange.on_response(answer)
         assert action == DONE and coap.decode(response).code == coap.CHANGED

@@ -212,6 +212,7 @@ def test_lighting_binfill_and_status_values(mapper):
         "1.2.0",
         "ok",
     )
+    assert device["description"] == ""  # no error reported: the last one is cleared
     measured = {e["id"].rsplit(":", 1)[1]: key_values(e) for e in status[1:]}
     assert {k: v.get("numValue", v.get("textValue")) for k, v in measured.items()} == {
         "batterySupply": 3650,
@@ -223,6 +224,38 @@ def test_lighting_binfill_and_status_values(mapper):
         "bufferedReadings": 5,
     }
     assert measured["batterySupply"]["unit"] == "2Z"
+
+
+def test_a_status_maps_safe_mode_and_the_error_to_the_device(checker, mapper):
+    def device(**fields):
+        status = {"type": "status", "uptime_s": 5, "boot_count": 9, **fields}
+        entity = mapper.entities(make_reading("meter-01", status))[0]
+        assert entity["type"] == "Device"
+        assert checker.problems(json.loads(json.dumps(entity))) == [], entity
+        return entity
+
+    safe = device(error="safe mode: boot loop", safe_mode=True)
+    assert key_values(safe)["deviceState"] == "safeMode"  # outranks the error
+    assert key_values(safe)["description"] == "safe mode: boot loop"
+    assert safe["description"]["observedAt"] == safe["deviceState"]["observedAt"] == iso_utc(T0)
+    refused = device(error='cfg refused: <"report_s">', safe_mode=False)
+    assert (key_values(refused)["deviceState"], key_values(refused)["description"]) == (
+        "error",
+        'cfg refused: <"report_s">',
+    )
+    cleared = device()  # a later status without an error, out of safe mode
+    assert (key_values(cleared)["deviceState"], key_values(cleared)["description"]) == ("ok", "")
+
+    # The schema holds these attributes to their types: the checker would catch a slip.
+    broken = json.loads(json.dumps(safe))
+    broken["description"]["value"] = 7
+    broken["deviceState"]["value"] = ["safeMode"]
+    found = checker.problems(broken)
+    assert any("description" in p for p in found) and any("deviceState" in p for p in found)
+    # A reading the schema did not check (the mapper does not rely on it): refused as poison.
+    reading = make_reading("meter-01", {"type": "status", "uptime_s": 5, "boot_count": 9})
+    with pytest.raises(MappingError, match="error 404 is not a text"):
+        mapper.entities(_replace(reading, data={**reading.data, "error": 404}))
 
 
 def test_alarms_and_events(mapper):
@@ -269,6 +302,7 @@ def test_only_counts_and_states_leave_the_gateway(mapper):
         "illuminanceLevel", "fillingLevel", "temperature", "dateLastEmptying",
         "controlledProperty", "deviceState", "dateLastValueReported", "rssi", "firmwareVersion",
         "refDevice", "measurementType", "dateObserved", "numValue", "textValue", "unit",
+        "description",  # the node's own error text: printable ASCII it wrote, <= 32 characters
     }  # fmt: skip
     names = {n for r in sample_readings() for e in mapper.entities(r) for n in e}
     assert names <= allowed

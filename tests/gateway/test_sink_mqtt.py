@@ -13,7 +13,7 @@ from gateway.config import from_mapping
 from gateway.sinks.base import SinkUnavailable
 from gateway.sinks.entities import reading_json
 from gateway.sinks.mqtt import MQTTAuthError, MQTTSink, from_config
-from tests.gateway.conftest import SITE, free_port, make_reading, sample_readings
+from tests.gateway.conftest import SITE, free_port, make_reading, sample_readings, send_all
 
 
 def run(coro):
@@ -27,18 +27,10 @@ def sink_for(broker, **kwargs):
     return MQTTSink("127.0.0.1", broker.port, **kwargs)
 
 
-async def _send_all(sink, *batches):
-    await sink.start()
-    try:
-        return [await sink.send(batch) for batch in batches]
-    finally:
-        await sink.close()
-
-
 def test_subscriber_receives_exactly_the_payloads(mosquitto, subscribe):
     sub = subscribe(mosquitto, topic="city/#")
     readings = sample_readings()
-    (result,) = run(_send_all(sink_for(mosquitto), readings))
+    (result,) = run(send_all(sink_for(mosquitto), readings))
     assert result.delivered == {r.reading_id for r in readings}
     assert result.rejected == {}
     got = sub.wait_for(len(readings))
@@ -63,7 +55,7 @@ def test_topic_prefix_and_large_batches_in_order(mosquitto, subscribe):
         for i in range(1200)
     ]
     batches = [readings[i : i + 400] for i in range(0, 1200, 400)]
-    results = run(_send_all(sink_for(mosquitto, topic_prefix="muni", max_inflight=50), *batches))
+    results = run(send_all(sink_for(mosquitto, topic_prefix="muni", max_inflight=50), *batches))
     assert set().union(*(r.delivered for r in results)) == {r.reading_id for r in readings}
     got = sub.wait_for(1200)
     assert [payload for _, payload in got] == [reading_json(r, SITE) for r in readings]
@@ -76,7 +68,7 @@ def test_password_and_tls(mosquitto_factory, subscribe):
     readings = sample_readings()[:5]
     sink = sink_for(broker, username="gateway", password="s3cret pass", ca_file=str(broker.tls.ca))
     assert sink.endpoint.startswith("mqtts://")
-    (result,) = run(_send_all(sink, readings))
+    (result,) = run(send_all(sink, readings))
     assert result.delivered == {r.reading_id for r in readings}
     assert [p for _, p in sub.wait_for(5)] == [reading_json(r, SITE) for r in readings]
 
@@ -89,9 +81,9 @@ def test_wrong_password_is_a_clear_error(mosquitto_factory, caplog):
     assert "check the username and password" in caplog.text
     # Sending fails with the same words, as a SinkUnavailable: the readings stay queued.
     with pytest.raises(MQTTAuthError, match=r"refused the connection.*username and password"):
-        run(_send_all(sink, sample_readings()[:1]))
+        run(send_all(sink, sample_readings()[:1]))
     with pytest.raises(MQTTAuthError):
-        run(_send_all(sink_for(broker), sample_readings()[:1]))  # anonymous
+        run(send_all(sink_for(broker), sample_readings()[:1]))  # anonymous
 
 
 def test_topic_refused_by_the_broker_acl(mosquitto_factory, subscribe):
@@ -103,11 +95,11 @@ def test_topic_refused_by_the_broker_acl(mosquitto_factory, subscribe):
     sub = subscribe(broker, topic="city/#", credentials=("gateway", "pw"))
     sink = sink_for(broker, username="gateway", password="pw")
     with pytest.raises(MQTTAuthError, match="does not authorize publishing under city/riverside/"):
-        run(_send_all(sink, sample_readings()[:3]))
+        run(send_all(sink, sample_readings()[:3]))
     time.sleep(0.2)
     assert sub.messages == []
     allowed = sink_for(broker, username="gateway", password="pw", site="elsewhere")
-    (result,) = run(_send_all(allowed, sample_readings()[:3]))
+    (result,) = run(send_all(allowed, sample_readings()[:3]))
     assert len(result.delivered) == 3
     assert len(sub.wait_for(3)) == 3
 
@@ -117,7 +109,7 @@ def test_tls_with_an_unknown_ca_is_refused(mosquitto_factory, tmp_path):
     other = mosquitto_factory(tls=True)  # a different CA: not the one that signed `broker`
     sink = sink_for(broker, ca_file=str(other.tls.ca))
     with pytest.raises(SinkUnavailable, match="certificate verify failed"):
-        run(_send_all(sink, sample_readings()[:1]))
+        run(send_all(sink, sample_readings()[:1]))
 
 
 def test_broker_down_at_start_is_not_fatal(caplog):
@@ -126,7 +118,7 @@ def test_broker_down_at_start_is_not_fatal(caplog):
     run(sink.start())
     assert "will retry" in caplog.text
     with pytest.raises(SinkUnavailable, match=r"cannot reach mqtt://127\.0\.0\.1"):
-        run(_send_all(sink, sample_readings()[:1]))
+        run(send_all(sink, sample_readings()[:1]))
 
 
 def test_broker_stopped_midway_then_recovery(mosquitto, subscribe):
@@ -202,7 +194,7 @@ def test_unmappable_reading_is_rejected_not_sent(mosquitto, subscribe):
     sub = subscribe(mosquitto, topic="city/#")
     good = sample_readings()[:2]
     bad = dataclasses.replace(good[0], reading_id="bad:1", node_id="meter/01")
-    (result,) = run(_send_all(sink_for(mosquitto), [good[0], bad, good[1]]))
+    (result,) = run(send_all(sink_for(mosquitto), [good[0], bad, good[1]]))
     assert result.delivered == {good[0].reading_id, good[1].reading_id}
     assert list(result.rejected) == ["bad:1"]
     assert len(sub.wait_for(2)) == 2
@@ -234,6 +226,6 @@ def test_from_config_reads_the_password_file(mosquitto_factory, subscribe, tmp_p
         "from a file",
     )
     sub = subscribe(broker, topic="city/#", credentials=("gw", "from a file"))
-    (result,) = run(_send_all(sink, sample_readings()[:2]))
+    (result,) = run(send_all(sink, sample_readings()[:2]))
     assert len(result.delivered) == 2
     assert len(sub.wait_for(2)) == 2

@@ -23,6 +23,7 @@ from tests.gateway.conftest import (
     make_reading,
     node_facts,
     sample_readings,
+    send_all,
 )
 from tests.gateway.ngsi_ld_broker import NGSILDBroker
 
@@ -37,14 +38,6 @@ def sink_for(broker, **kwargs):
     return NGSILDSink(broker.url, SITE, **kwargs)
 
 
-async def _send_all(sink, *batches):
-    await sink.start()
-    try:
-        return [await sink.send(batch) for batch in batches]
-    finally:
-        await sink.close()
-
-
 def _leaks(count, nodes=1, start=0):
     return [
         make_reading(
@@ -56,7 +49,7 @@ def _leaks(count, nodes=1, start=0):
 
 def test_every_kind_is_accepted_and_valid(ngsi_ld_broker):
     readings = sample_readings()
-    (result,) = run(_send_all(sink_for(ngsi_ld_broker, tenant="city"), readings))
+    (result,) = run(send_all(sink_for(ngsi_ld_broker, tenant="city"), readings))
     assert ngsi_ld_broker.invalid == []
     assert result.rejected == {}
     assert result.delivered == {r.reading_id for r in readings}
@@ -75,7 +68,7 @@ def test_every_kind_is_accepted_and_valid(ngsi_ld_broker):
 def test_created_then_updated(ngsi_ld_broker):
     readings = _leaks(4, nodes=2)
     sink = sink_for(ngsi_ld_broker)
-    first, second = run(_send_all(sink, readings[:2], readings[2:]))
+    first, second = run(send_all(sink, readings[:2], readings[2:]))
     assert [r.status for r in ngsi_ld_broker.requests] == [201, 204]
     assert first.delivered | second.delivered == {r.reading_id for r in readings}
     state = ngsi_ld_broker.entities[None]
@@ -93,7 +86,7 @@ def test_batches_split_at_1000_entities_and_by_entity_id(ngsi_ld_broker):
     # meter twice, so no request may hold a meter's entities twice.
     readings = _leaks(700, nodes=350)
     sink = sink_for(ngsi_ld_broker)
-    (result,) = run(_send_all(sink, readings))
+    (result,) = run(send_all(sink, readings))
     assert result.delivered == {r.reading_id for r in readings}
     sizes = [len(r.entity_ids) for r in ngsi_ld_broker.requests]
     assert max(sizes) <= 1000
@@ -112,7 +105,7 @@ def test_batches_split_at_1000_entities_and_by_entity_id(ngsi_ld_broker):
 
 def test_successive_readings_of_one_node_go_in_successive_requests(ngsi_ld_broker):
     readings = _leaks(5, nodes=1)
-    (result,) = run(_send_all(sink_for(ngsi_ld_broker), readings))
+    (result,) = run(send_all(sink_for(ngsi_ld_broker), readings))
     assert result.delivered == {r.reading_id for r in readings}
     assert len(ngsi_ld_broker.requests) == 5
     seen = [
@@ -130,7 +123,7 @@ def test_207_entity_errors_map_back_to_readings(ngsi_ld_broker):
     ngsi_ld_broker.fail_entity(bad, 400)  # poison: rejected, parked
     ngsi_ld_broker.fail_entity(busy, 503)  # transient: retried
     sink = sink_for(ngsi_ld_broker)
-    (result,) = run(_send_all(sink, readings))
+    (result,) = run(send_all(sink, readings))
     assert ngsi_ld_broker.requests[0].status == 207
     assert set(result.rejected) == {"meter-0000:0"}
     assert "400" in result.rejected["meter-0000:0"]
@@ -139,14 +132,14 @@ def test_207_entity_errors_map_back_to_readings(ngsi_ld_broker):
     assert result.delivered == {"meter-0002:2", "meter-0000:3", "meter-0002:5"}
     retry = [r for r in readings if r.reading_id not in result.delivered | set(result.rejected)]
     assert [r.reading_id for r in retry] == ["meter-0001:1", "meter-0001:4"]
-    (again,) = run(_send_all(sink_for(ngsi_ld_broker), retry))
+    (again,) = run(send_all(sink_for(ngsi_ld_broker), retry))
     assert again.delivered == {"meter-0001:1", "meter-0001:4"}
 
 
 def test_whole_request_refused_isolates_the_poison(ngsi_ld_broker):
     readings = _leaks(4, nodes=4)
     ngsi_ld_broker.fail_requests(400)  # the first request, with everything in it, is refused
-    (result,) = run(_send_all(sink_for(ngsi_ld_broker), readings))
+    (result,) = run(send_all(sink_for(ngsi_ld_broker), readings))
     assert result.delivered == {r.reading_id for r in readings}
     assert [len(r.entity_ids) for r in ngsi_ld_broker.requests[1:]] == [3, 3, 3, 3]
     # A genuinely bad entity (fails the schema at the broker) is the only one rejected.
@@ -155,7 +148,7 @@ def test_whole_request_refused_isolates_the_poison(ngsi_ld_broker):
         reading_id="bin-12:far",
         node_id="bin-far",  # no location known: WasteContainer requires one
     )
-    (result,) = run(_send_all(sink_for(ngsi_ld_broker), [*_leaks(2, 2, start=10), bad]))
+    (result,) = run(send_all(sink_for(ngsi_ld_broker), [*_leaks(2, 2, start=10), bad]))
     assert list(result.rejected) == ["bin-12:far"]
     assert "location" in result.rejected["bin-12:far"]
     assert len(result.delivered) == 2
@@ -166,15 +159,15 @@ def test_transient_answers_raise_sink_unavailable(ngsi_ld_broker, status):
     ngsi_ld_broker.fail_requests(status)
     sink = sink_for(ngsi_ld_broker)
     with pytest.raises(SinkUnavailable, match=f"answered {status}"):
-        run(_send_all(sink, _leaks(3, 3)))
-    (result,) = run(_send_all(sink_for(ngsi_ld_broker), _leaks(3, 3)))
+        run(send_all(sink, _leaks(3, 3)))
+    (result,) = run(send_all(sink_for(ngsi_ld_broker), _leaks(3, 3)))
     assert len(result.delivered) == 3
 
 
 def test_partial_success_across_requests_is_reported(ngsi_ld_broker):
     readings = _leaks(3, nodes=1)  # three requests, one after the other
     ngsi_ld_broker.fail_requests(503, after=1)  # the first goes through, the second fails
-    (result,) = run(_send_all(sink_for(ngsi_ld_broker), readings))
+    (result,) = run(send_all(sink_for(ngsi_ld_broker), readings))
     assert result.delivered == {"meter-0000:0"}  # not raised: one reading did get through
     assert result.rejected == {}
     assert [r.status for r in ngsi_ld_broker.requests] == [201, 503]  # the third waited
@@ -200,15 +193,15 @@ def test_broker_down_then_back(ngsi_ld_broker):
 def test_nobody_listening():
     sink = NGSILDSink(f"http://127.0.0.1:{free_port()}", SITE, timeout=2.0)
     with pytest.raises(SinkUnavailable, match="unreachable"):
-        run(_send_all(sink, _leaks(1)))
+        run(send_all(sink, _leaks(1)))
 
 
 def test_bearer_token_and_refusal():
     broker = NGSILDBroker(token="t0ken").start()
     try:
         with pytest.raises(SinkUnavailable, match="refused our credentials"):
-            run(_send_all(sink_for(broker, token="wrong"), _leaks(1)))
-        (result,) = run(_send_all(sink_for(broker, token="t0ken"), _leaks(1)))
+            run(send_all(sink_for(broker, token="wrong"), _leaks(1)))
+        (result,) = run(send_all(sink_for(broker, token="t0ken"), _leaks(1)))
         assert result.delivered == {"meter-0000:0"}
         assert broker.requests[-1].authorization == "Bearer t0ken"
     finally:
@@ -218,7 +211,7 @@ def test_bearer_token_and_refusal():
 def test_unmappable_and_local_only_readings(ngsi_ld_broker):
     presence = make_reading("lamp-03", {"type": "event", "event": "presence", "count": 3}, seq=1)
     weird = dataclasses.replace(presence, reading_id="lamp-03:2", data={"type": "weather"})
-    (result,) = run(_send_all(sink_for(ngsi_ld_broker), [presence, weird]))
+    (result,) = run(send_all(sink_for(ngsi_ld_broker), [presence, weird]))
     assert result.delivered == {"lamp-03:1"}  # nothing of it goes upstream: done
     assert list(result.rejected) == ["lamp-03:2"]
     assert ngsi_ld_broker.requests == []
@@ -248,7 +241,7 @@ def test_from_config_with_the_registry(ngsi_ld_broker, tmp_path):
     sink = from_config(config, Registry())
     assert (sink.name, sink.tenant, sink.max_entities) == ("ngsi_ld", "lyon", 4)
     readings = [r for r in sample_readings() if r.node_id in ("spot-07", "bin-12")]
-    (result,) = run(_send_all(sink, readings))
+    (result,) = run(send_all(sink, readings))
     assert result.delivered == {r.reading_id for r in readings}
     assert ngsi_ld_broker.invalid == []
     assert max(len(r.entity_ids) for r in ngsi_ld_broker.requests) <= 4

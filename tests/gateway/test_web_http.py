@@ -391,3 +391,69 @@ def test_under_https_the_cookies_are_secure_and_host_only(tmp_path: Path) -> Non
         if stream is not None:
             stream.close()
         web_site.close()
+
+
+def test_a_node_in_safe_mode_or_reporting_an_error_stands_out_until_a_status_clears_it(
+    site: WebSite,
+) -> None:
+    victor = logged_in(site, "victor")
+    spot = site.nodes["spot-pmr-01"]
+    # Printable ASCII, as the schema allows, but markup if a page took it as such.
+    spot.error, spot.safe_mode = '<b onclick="x()">boot&loop</b>', True
+    spot.report(reading=False)  # safe mode: the status alone
+
+    def row(node_id: str) -> str:
+        body = victor.get("/nodes").body
+        match = re.search(rf'<tr data-node="{node_id}" class="([^"]*)">(.*?)</tr>', body, re.S)
+        assert match, node_id
+        return match.group(1) + "|" + match.group(2)
+
+    def listed(query: str) -> list[str]:
+        return re.findall(r'<tr data-node="([^"]+)"', victor.get(f"/nodes?{query}").body)
+
+    def safe_gauge() -> float:
+        text = Client(site.base).get("/metrics").body
+        match = re.search(r"^city_gateway_nodes_safe_mode (\S+)$", text, re.M)
+        assert match, "no safe-mode gauge"
+        return float(match.group(1))
+
+    escaped = "&lt;b onclick=&#34;x()&#34;&gt;boot&amp;loop&lt;/b&gt;"
+    shown = row("spot-pmr-01")
+    assert "row-safe" in shown and "row-error" in shown
+    assert 'data-field="safe_mode">Safe mode</span>' in shown
+    assert 'data-field="error" title="Error reported by the node, ' in shown
+    assert f">{escaped}</span>" in shown
+    assert "<b onclick" not in victor.get("/nodes").body
+    assert "row-safe" not in row("meter-town-hall")
+    assert listed("status=safe_mode") == ["spot-pmr-01"]
+    assert listed("status=error") == ["spot-pmr-01"]
+    detail = victor.get("/nodes/spot-pmr-01").body
+    assert 'role="alert" data-field="safe_mode">The node restarted too often' in detail
+    assert f'<code class="break">{escaped}</code>' in detail
+    overview = victor.get("/").body
+    assert '<a href="/nodes?status=safe_mode" data-field="safe_mode">1 in safe mode</a>' in overview
+    assert '<a href="/nodes?status=error" data-field="error">1 reporting an error</a>' in overview
+    assert safe_gauge() == 1
+    french = Client(site.base)
+    french.cookies = dict(victor.cookies, gw_lang="fr")
+    assert ">Mode sans échec</span>" in french.get("/nodes").body
+
+    # Back to normal, and an error of another kind: safe mode goes, the error is the new one.
+    spot.error, spot.safe_mode = "cfg refused: report_s", False
+    spot.report()
+    shown = row("spot-pmr-01")
+    assert "row-safe" not in shown and "row-error" in shown
+    assert 'data-field="safe_mode"' not in shown and ">cfg refused: report_s</span>" in shown
+    assert listed("status=safe_mode") == [] and listed("status=error") == ["spot-pmr-01"]
+    assert safe_gauge() == 0
+    # An uplink without a status says nothing about the error: it stays.
+    spot.report(status=False)
+    assert ">cfg refused: report_s</span>" in row("spot-pmr-01")
+    # The next status without it clears it.
+    spot.error = None
+    spot.report()
+    shown = row("spot-pmr-01")
+    assert "row-error" not in shown and 'data-field="error"' not in shown
+    assert listed("status=error") == []
+    assert "in safe mode" not in victor.get("/").body
+    assert 'data-field="error"' not in victor.get("/nodes/spot-pmr-01").body

@@ -10,6 +10,15 @@ def drive(kind, steps):
     return outs
 
 
+def drive_saved(kind, steps, key):
+    """As drive(), but returns kind.save()[key] after each step."""
+    seen = []
+    for inputs, now_s, tod_s in steps:
+        kind.step(inputs, now_s, tod_s)
+        seen.append(kind.save()[key])
+    return seen
+
+
 def drive_lamp(kind, events):
     """events: [("presence" | "tick" | "wake", now_ms), ...] -> lamp level after each."""
     levels = []
@@ -22,3 +31,24 @@ def drive_lamp(kind, events):
             kind.tick(now_ms)
         levels.append(kind.lamp.level)
     return levels
+
+
+def ulp_meter(pulses, start_s, t_s, dry_s=3600):
+    """What the ESP32's ULP counter (firmware/boards/esp32/ulp_pulse.S), started at start_s,
+    knows at t_s of a meter that pulsed at the sorted times `pulses`: (pulses counted, seconds
+    since the last one or the start capped at 65535, quiet runs that reached dry_s)."""
+    last = start_s
+    count = 0
+    dry = 0
+    for p in pulses:
+        if p > t_s:
+            break
+        if p < start_s:
+            continue
+        if p - last >= dry_s:
+            dry += 1
+        last = p
+        count += 1
+    if t_s - last >= dry_s:
+        dry += 1  # the run going on has reached its hour
+    return count, min(65535, t_s - last), dry & 0xFFFF

@@ -216,3 +216,41 @@ def test_esptool_writes_micropython_only_to_a_real_chip(
     )
     assert done.returncode == 0
     assert "--erase-all" in done.stdout
+
+
+def test_the_tuned_firmware_is_written_by_esptool_only_to_a_real_chip(
+    capsys: pytest.CaptureFixture[str], sim: SimRig, tmp_path: Path
+) -> None:
+    firmware = tmp_path / "firmware.bin"  # what firmware-build/ builds (build-*/firmware.bin)
+    firmware.write_bytes(b"\xe9" + bytes(100))
+    dut = sim.dut("no-rom-tuned", preflash=False, start=False)
+    dut.start()
+    code, _, err = run(capsys, "flash", "--port", dut.port, "--firmware", str(firmware))
+    assert code == 1
+    assert "the sim rig's board: it has no ROM bootloader" in err
+    # the frozen application is the whole point: no image or application to copy next to it
+    code, _, err = run(
+        capsys, "flash", "--port", dut.port, "--firmware", str(firmware), "--app", str(tmp_path)
+    )
+    assert code == 2
+    assert "leave out --image and --app" in err
+
+
+def test_the_check_after_a_tuned_flash_refuses_a_stock_node(sim: SimRig) -> None:
+    """What `flash --firmware` asks the node once esptool is done, against a node that runs
+    stock MicroPython with the application copied onto its filesystem."""
+    from tools.flash import BOARD_NAME, FlashError, frozen_application, judge_frozen
+
+    dut = sim.dut("stock-node", speed=50)
+    with (
+        NodeConnection.open(dut.port) as node,
+        pytest.raises(FlashError, match="not the tuned firmware") as refused,
+    ):
+        frozen_application(node)
+    assert "firmware-build/README.md" in str(refused.value)
+    tuned = f"{BOARD_NAME} with ESP32"
+    assert judge_frozen(tuned, "1.4.0", []) == "1.4.0"
+    with pytest.raises(FlashError, match="/firmware, /protocol on the node's filesystem shadow"):
+        judge_frozen(tuned, "1.4.0", ["firmware", "protocol"])
+    with pytest.raises(FlashError, match="no application frozen in"):
+        judge_frozen(tuned, None, [])

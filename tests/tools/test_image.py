@@ -22,7 +22,9 @@ def test_the_image_is_the_compiled_tree_with_boot_and_main_as_source(
     ).read_bytes()
     compiled = [f for f in files if f.endswith(".mpy")]
     assert "protocol/schema.mpy" in compiled and "firmware/node/app.mpy" in compiled
-    assert len(compiled) == len(image.sources()) - 2
+    # every module but boot and main, plus the ULP program's generated module at the root
+    assert len(compiled) == len(image.sources()) - 2 + 1
+    assert "ulp_pulse.mpy" in compiled
     # mpy-cross output: .mpy version 6, bytecode only (no native code, so no architecture in
     # the header: the sim board's unix port loads the very files an ESP32 gets)
     header = (app_image.folder / "protocol/cbor.mpy").read_bytes()[:4]

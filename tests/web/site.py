@@ -64,6 +64,8 @@ class SimNode:
     report_s: int | None = None
     step: int = 0
     to_ack: list[int] = field(default_factory=list)  # downlink ids applied, for the next uplink
+    error: str | None = None  # what its next status reports (firmware/node/status.py)
+    safe_mode: bool = False
 
     def reading(self) -> dict[str, Any]:
         self.step += 1
@@ -85,19 +87,28 @@ class SimNode:
         }
 
     def status(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "type": "status",
             "battery_mv": self.battery_mv,
             "uptime_s": 3600 + self.step,
             "boot_count": 3,
             "firmware": self.firmware,
         }
+        if self.error is not None:
+            record["error"] = self.error
+        if self.safe_mode:
+            record["safe_mode"] = True
+        return record
 
-    def report(self, *extra: dict[str, Any], status: bool = True) -> list[dict[str, Any]]:
+    def report(
+        self, *extra: dict[str, Any], status: bool = True, reading: bool = True
+    ) -> list[dict[str, Any]]:
         """One uplink (the ack of what the last one brought, a reading, a status, `extra`
-        records); the downlinks it brought back (without their wire ids)."""
+        records; a node in safe mode sends its status alone); the downlinks it brought back
+        (without their wire ids)."""
         ack = [{"type": "ack", "confirm": self.to_ack}] if self.to_ack else []
-        records = [*ack, self.reading(), *([self.status()] if status else []), *extra]
+        measured = [self.reading()] if reading else []
+        records = [*ack, *measured, *([self.status()] if status else []), *extra]
         for record in records:
             record["seq"] = next(self.seq)
         answer = self.send(bytes(cbor.dumps(schema.encode_uplink(records))))

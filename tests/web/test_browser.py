@@ -6,8 +6,10 @@ Checked as a person would: log in; the overview counts nodes by health; a node a
 registry appears and a new battery value shows without reloading; an alarm is acknowledged
 with a comment and the node is told; an Identify goes out to a node and the page shows it
 queued, sent, then confirmed by the node's next uplink, live; the language switches and
-stays; a viewer gets no action buttons. Every page is saved as a screenshot at 390 px and at
-desktop width (artifacts/screenshots/), and none overflows sideways on a phone.
+stays; a viewer gets no action buttons; a node in safe mode or reporting an error stands out
+in the node list, live, until a later status clears it. Every page is saved as a screenshot
+at 390 px and at desktop width (artifacts/screenshots/), and none overflows sideways on a
+phone.
 """
 
 from __future__ import annotations
@@ -111,6 +113,54 @@ def test_nodes_appear_and_update_live(operator: Any, reported: WebSite) -> None:
     battery = operator.locator("tr[data-node='meter-town-hall'] [data-field=battery]")
     expect(battery).to_have_text("3.31\u00a0V", timeout=WAIT_MS)
     assert same_document(operator)
+
+
+# Printable ASCII (all a status error may hold), no space for a phone to break at.
+PANIC = "wdt:Core0_panic;LoadProhibited!!"
+
+
+def test_a_node_in_safe_mode_or_with_an_error_stands_out_live(
+    operator: Any, reported: WebSite
+) -> None:
+    operator.goto("/nodes")
+    live(operator)
+    library, lamp = reported.nodes["meter-library"], reported.nodes["lamp-park-04"]
+    library.error, library.safe_mode = "safe mode: boot loop", True
+    library.report(reading=False)  # in safe mode a node sends its status alone
+    lamp.error = "<img src=x onerror=alert(1)>"
+    lamp.report()
+
+    safe = operator.locator("tr[data-node='meter-library']")
+    expect(safe.locator(".badge.n-safe")).to_have_text("Safe mode", timeout=WAIT_MS)
+    expect(safe.locator("[data-field=error]")).to_have_text("safe mode: boot loop")
+    expect(safe).to_have_class(re.compile(r"\brow-safe\b"))
+    # It stands out: the badge is filled, unlike the health badges beside it.
+    background = safe.locator(".badge.n-safe").evaluate("e => getComputedStyle(e).backgroundColor")
+    assert background == "rgb(122, 16, 16)"
+    erring = operator.locator("tr[data-node='lamp-park-04']")
+    expect(erring.locator("[data-field=error]")).to_have_text(lamp.error, timeout=WAIT_MS)
+    assert erring.locator("img").count() == 0  # shown as text, never as markup
+    assert erring.locator(".badge.n-safe").count() == 0
+    assert same_document(operator)
+
+    # The node is repaired: its next status carries neither; the page follows without a reload.
+    library.error, library.safe_mode = None, False
+    library.report()
+    expect(safe.locator(".badge.n-safe")).to_have_count(0, timeout=WAIT_MS)
+    expect(safe.locator("[data-field=error]")).to_have_count(0)
+    expect(erring.locator("[data-field=error]")).to_have_count(1)
+    assert same_document(operator)
+
+    operator.goto("/nodes?status=error")
+    assert operator.locator("tr[data-node]").evaluate_all(
+        "rows => rows.map(r => r.dataset.node)"
+    ) == ["lamp-park-04"]
+    # Left in safe mode with the longest error a status holds, for the screenshots below.
+    library.error, library.safe_mode = PANIC, True
+    library.report(reading=False)
+    operator.goto("/nodes/meter-library")
+    expect(operator.locator("[data-live=node-head] [data-field=error] code")).to_have_text(PANIC)
+    assert "needs a visit" in operator.inner_text("[data-live=node-head] [data-field=safe_mode]")
 
 
 def test_acknowledge_an_alarm_with_a_comment(operator: Any, reported: WebSite) -> None:
@@ -236,6 +286,7 @@ PAGES = [
     ("node-meter", "/nodes/meter-town-hall"),
     ("node-lamp", "/nodes/lamp-park-03"),
     ("node-spot", "/nodes/spot-pmr-01"),
+    ("node-safe-mode", "/nodes/meter-library"),
     ("alarms", "/alarms"),
     ("gateway", "/gateway"),
     ("audit", "/audit"),

@@ -10,6 +10,7 @@ import machine
 import network
 
 from firmware.boards import PINS, RTC_USER_SIZE
+from firmware.boards.esp32 import ulp
 
 # time.time() counts from 2000-01-01 on ports built with the old epoch; the board speaks Unix time
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
@@ -31,9 +32,12 @@ _RESET_CAUSES = {
     machine.SOFT_RESET: "soft",
 }
 
-# The board's own 8 bytes at the end of RTC memory: b"PC", the length of the user's bytes (u16
-# LE: rtc_read gives back exactly what rtc_write got), the pulses counted before this boot (u32)
+# The board's own 8 bytes at the end of RTC memory: a tag, the length of the user's bytes (u16
+# LE: rtc_read gives back exactly what rtc_write got), the pulses counted before this boot's
+# counter began (u32: the ULP's own count survives deep sleep, a PCNT's does not). Tag b"PE":
+# the meter input was armed as the ext0 wake-up (no ULP), so a pin wake is one more pulse.
 _TAG = b"PC"
+_TAG_EXT0 = b"PE"
 _TAIL = "<2sHI"
 
 
@@ -47,21 +51,23 @@ class Board:
         self._rtc = machine.RTC()
         self._wlan = None
         self._counter = None
-        self._counter_pin = None
+        self._counter_pin = None  # the meter input when it wakes the CPU (no ULP)
+        self._wake_pins = []  # (Pin, level) for an ext1 wake-up while the ULP counts
         self.flash_writes = 0
         # one buffer for every RTC memory write (2 KB: no fresh allocation per write)
         self._mem = bytearray(RTC_USER_SIZE + 8)
         mem = self._rtc.memory()
         self._pulse_base = 0
         self._user = 0
-        if len(mem) == RTC_USER_SIZE + 8 and mem[RTC_USER_SIZE : RTC_USER_SIZE + 2] == _TAG:
+        tag = mem[RTC_USER_SIZE : RTC_USER_SIZE + 2] if len(mem) == RTC_USER_SIZE + 8 else b""
+        if tag in (_TAG, _TAG_EXT0):
             _tag, user, self._pulse_base = struct.unpack_from(_TAIL, mem, RTC_USER_SIZE)
             if user <= RTC_USER_SIZE:
                 self._user = user
                 self._mem[:user] = mem[:user]
-        self._wake_pin = machine.wake_reason() in (machine.EXT0_WAKE, machine.EXT1_WAKE)
-        if self._wake_pin and machine.reset_cause() == machine.DEEPSLEEP_RESET:
-            # asleep, the meter input was armed as a wake-up: this wake is one edge
+        woke = machine.wake_reason() == machine.EXT0_WAKE
+        if tag == _TAG_EXT0 and woke and machine.reset_cause() == machine.DEEPSLEEP_RESET:
+            # asleep, the meter input was the ext0 wake-up: this wake is one edge
             self._pulse_base += 1
 
     # -- time --------------------------------------------------------------------------------
@@ -133,20 +139,34 @@ class Board:
         self._user = n
         self._save_pulses()
 
-    def _save_pulses(self):
+    def _save_pulses(self, tag=_TAG):
         pulses = self._pulse_base
-        if self._counter is not None:
-            pulses += self._counter.value()
-        struct.pack_into(_TAIL, self._mem, RTC_USER_SIZE, _TAG, self._user, pulses & 0xFFFFFFFF)
+        counter = self._counter
+        if counter is not None and not counter.kept:
+            try:
+                pulses += counter.value()
+            except OSError:
+                pass  # the count stays where the last save left it
+        struct.pack_into(_TAIL, self._mem, RTC_USER_SIZE, tag, self._user, pulses & 0xFFFFFFFF)
         self._rtc.memory(self._mem)
 
     def wake_on_pin(self, pin, level):
+        if isinstance(self._counter, ulp.Counter):
+            # MicroPython refuses the ULP wake-up (which keeps the ULP's memory powered) next
+            # to an ext0 one ("no resources"); ext1 with one pin wakes on either level
+            self._wake_pins.append((machine.Pin(pin, machine.Pin.IN), level))
+            return
         esp32.wake_on_ext0(machine.Pin(pin, machine.Pin.IN), bool(level))
 
     def deep_sleep(self, ms):
-        if self._counter_pin is not None:
-            self._save_pulses()
-            # wake on the edge opposite to the level the input rests at now
+        if isinstance(self._counter, ulp.Counter):
+            # the ULP counts on; its program never executes WAKE, so this wakes nothing
+            esp32.wake_on_ulp(True)
+            for pin, level in self._wake_pins:
+                esp32.wake_on_ext1((pin,), esp32.WAKEUP_ANY_HIGH if level else esp32.WAKEUP_ALL_LOW)
+        elif self._counter_pin is not None:
+            # no ULP: the meter input wakes the CPU, on the edge opposite to its level now
+            self._save_pulses(_TAG_EXT0)
             level = not self._counter_pin.value()
             esp32.wake_on_ext0(self._counter_pin, level)
         machine.deepsleep(ms)
@@ -209,6 +229,18 @@ class Board:
         return machine.time_pulse_us(pin, level, timeout_us)
 
     def pulse_counter(self, pin):
+        prog = ulp.program() if hasattr(esp32, "ULP") and pin in ulp.PADS else None
+        if prog is not None:
+            # no machine.Pin for this input from here on: MicroPython's Pin() takes an RTC pad
+            # back to the digital side (rtc_gpio_deinit), and the ULP would read 0 from then on
+            counter = self._counter = ulp.Counter(machine.mem32, prog, pin)
+            # the program keeps running through deep sleep and a soft reset; after any other
+            # reset it starts again, the count an intact earlier run had going into the base
+            cold = self.reset_cause() not in ("deep_sleep", "soft")
+            if cold or not counter.running():
+                self._pulse_base += counter.start(esp32.ULP())
+                self._save_pulses()
+            return _Total(self)
         self._counter_pin = machine.Pin(pin, machine.Pin.IN)
         pcnt = getattr(esp32, "PCNT", None)
         if pcnt is not None:
@@ -272,6 +304,8 @@ class Board:
 
 
 class _PCNT:
+    kept = False  # deep sleep stops it: the board saves its count in RTC memory
+
     def __init__(self, unit):
         self._unit = unit
         self._last = 0
@@ -286,6 +320,8 @@ class _PCNT:
 
 
 class _IRQCounter:
+    kept = False
+
     def __init__(self, pin):
         self._count = 0
         pin.irq(handler=self._edge, trigger=machine.Pin.IRQ_RISING)
@@ -304,6 +340,16 @@ class _Total:
     def value(self):
         b = self._board
         return b._pulse_base + (b._counter.value() if b._counter is not None else 0)
+
+    def quiet_s(self):
+        """Seconds since the last pulse, None where the counter cannot tell (no ULP)."""
+        c = self._board._counter
+        return c.quiet_s() if isinstance(c, ulp.Counter) else None
+
+    def dry(self):
+        """Zero-flow hours seen (wrapping at 16 bits), None where the counter cannot tell."""
+        c = self._board._counter
+        return c.dry() if isinstance(c, ulp.Counter) else None
 
 
 class _UDP:

@@ -138,10 +138,23 @@ class PWM:
 
 
 class PulseCounter:
+    # Stands for the ESP32's ULP counter (boards/esp32/ulp.py): started at power-on, counting
+    # through deep sleep, and knowing the quiet time, worked out from the scenario's pulses.
     def __init__(self, board, pin):
         self._board = board
+        self._pin = pin
         self._key = "pulses:" + pin
         self._base = board.scenario.at(board._power_on_ms / 1000).get(self._key, 0)
 
     def value(self):
         return self._board.signals().get(self._key, 0) - self._base
+
+    def _quiet(self):
+        b = self._board
+        return b.scenario.quiet(self._pin, b._power_on_ms / 1000, b.epoch_ms() / 1000)
+
+    def quiet_s(self):
+        return self._quiet()[0]
+
+    def dry(self):
+        return self._quiet()[1]

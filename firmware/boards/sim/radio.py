@@ -8,9 +8,9 @@ import socket
 import time
 from binascii import hexlify, unhexlify
 
-# After TxDone the SX127x driver opens its RX window at once; the medium is told to treat the
-# radio as listening for this long (real ms) so a quick downlink cannot slip between the two.
-_RX_GRACE_MS = 200
+# Like the SX127x, the radio hears nothing after TxDone until it is told to receive: the medium
+# keeps no sender listening, so the node's RX window (receive, RX_DELAY_MS after TxDone) and a
+# lamp's continuous receive (start_receive) are all it gets.
 # How long the medium keeps a continuous receiver without hearing from it (real ms)
 _LEASE_MS = 10000
 
@@ -93,7 +93,6 @@ class SimRadio:
             ldro=self.ldro,
             power=self.power_dbm,
             t=self._board.epoch_ms(),
-            grace_ms=_RX_GRACE_MS,
             data=hexlify(bytes(payload)).decode(),
         )
         self._pending_tx = True

@@ -18,6 +18,9 @@
 
 import json
 
+DRY_S = 3600  # a quiet run this long is one dry hour (boards/esp32/ulp.py DRY_S)
+QUIET_MAX = 65535  # the ULP's 16-bit quiet time saturates there
+
 
 def _pin_of(key):
     return key[key.index(":") + 1 :]
@@ -53,6 +56,33 @@ class Scenario:
             values["pulses:" + pin] = int(c[0] + c[1] * (t_s - c[2]))
         return values
 
+    def quiet(self, pin, since_s, t_s):
+        """What the ESP32's ULP counter, started at since_s, knows at t_s of pin's pulses:
+        (whole seconds since the last pulse or its start, capped at QUIET_MAX; the quiet runs
+        that reached DRY_S, wrapping at 16 bits). The pulses are where the count at() gives
+        steps up, found per stretch of constant rate rather than one by one (a day at a few
+        pulses a second is hundreds of thousands of them)."""
+        kp = "pulses:" + pin
+        kr = "pulse_rate:" + pin
+        run = [since_s, 0]  # the last pulse (or the start), dry hours
+        c = [0, 0, self.start]  # count, rate, since: as _apply keeps them
+        for step in [(self.start, -1, self.base)] + self.steps:
+            if step[0] > t_s:
+                break
+            changes = step[2]
+            if kp in changes or kr in changes:
+                _advance(run, c, step[0], since_s)
+                if kp in changes:
+                    if step[0] >= since_s and int(changes[kp]) > int(c[0]):
+                        _pulse(run, step[0])  # set higher: that many pulses at once
+                    c[0] = changes[kp]
+                if kr in changes:
+                    c[1] = changes[kr]
+        _advance(run, c, t_s, since_s)
+        if t_s - run[0] >= DRY_S:
+            run[1] += 1  # the run going on now has reached an hour
+        return min(QUIET_MAX, int(t_s - run[0])), run[1] & 0xFFFF
+
     def _apply(self, values, counts, at_s, changes):
         for key, value in changes.items():
             if key.startswith("pulses:") or key.startswith("pulse_rate:"):
@@ -68,6 +98,32 @@ class Scenario:
                     c[1] = value
             else:
                 values[key] = value
+
+
+def _pulse(run, at_s):
+    if at_s - run[0] >= DRY_S:
+        run[1] += 1
+    run[0] = at_s
+
+
+def _advance(run, c, to_s, since_s):
+    # The pulses of a constant-rate stretch up to to_s (those before since_s not counted),
+    # then the count moved on to to_s as _apply moves it.
+    x, r, a = c
+    if r > 0 and to_s > since_s:
+        if a < since_s:
+            x += r * (since_s - a)
+            a = since_s
+        n = int(x + r * (to_s - a)) - int(x)
+        if n > 0:
+            first = a + (int(x) + 1 - x) / r
+            _pulse(run, first)
+            if n > 1:
+                if 1 / r >= DRY_S:
+                    run[1] += n - 1  # every gap of the stretch is a dry hour
+                run[0] = first + (n - 1) / r
+    c[0] = c[0] + c[1] * (to_s - c[2])
+    c[2] = to_s
 
 
 def first_level(sc, pin, level, start_ms, end_ms):
