@@ -26,7 +26,6 @@ import importlib
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -48,6 +47,7 @@ from hil.gateway import (
     wait_until,
 )
 from hil.gpio import PiStimuli
+from hil.ready import ready_line
 from hil.rigconfig import RigConfig
 from tools import image as app_image
 from tools.flash import FlashResult, copy_application, write_micropython
@@ -377,14 +377,7 @@ class SimDUT(DUT):
                 text=True,
             )
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 30
-        line = ""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith("READY") or not line:
-                    break
+        line = ready_line(self.proc.stdout, 30)
         if not line.startswith("READY"):
             self.close()
             raise RigError(f"the sim board did not start: {line}")

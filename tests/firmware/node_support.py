@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hil.ready import ready_line
 from tests.support.interp import ROOT, micropython_binary
 
 NODE_KID = b"\x01"
@@ -97,14 +96,7 @@ class Process:
             env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 20
-        line = ""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith("READY") or not line:
-                    break
+        line = ready_line(self.proc.stdout, 20)
         if not line.startswith("READY"):
             self.kill()
             raise RuntimeError(f"{argv} did not start: {line}")

@@ -6,6 +6,7 @@ brings the lamp up; the lamp keeps listening and never sleeps."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -187,9 +188,10 @@ def test_the_gateway_wakes_the_lamp_through_oscore(lamp_and_gateway: Any) -> Non
     assert "push refused" not in output
 
 
-def test_a_lamp_on_lora_hears_the_gateway_in_continuous_receive(tmp_path: Path) -> None:
-    """The gateway's push as a LoRa frame (what gateway/links/lora.py sends): a protected CON
-    POST /d heard in continuous receive, answered in a frame, Echo round after the boot."""
+@contextlib.contextmanager
+def lora_lamp(tmp_path: Path) -> Iterator[tuple[SimNode, Lamp, MediumProcess, Path]]:
+    """Lamp lamp-7 on LoRa in continuous receive on a real-time medium, started: (its sim
+    node, its control, the medium, the keys folder)."""
     need_micropython()
     keys = tmp_path / "keys"
     oscore_cfg = write_keys(keys, "lamp-7", b"\x07")
@@ -220,19 +222,26 @@ def test_a_lamp_on_lora_hears_the_gateway_in_continuous_receive(tmp_path: Path) 
         lamp.sock.settimeout(2)
         node.start()
         try:
-            resting = lamp.settled()
-            answers = asyncio.run(lora_push(keys / "lamp-7", medium.port))
-            assert [a.code for a in answers] == [aiocoap.UNAUTHORIZED, aiocoap.CHANGED]
-            assert answers[0].opt.echo is not None  # the challenge after the lamp's boot
-            assert lamp.wait_duty(lambda d: d == 65535, timeout=3.0) == 65535
-            assert lamp.wait_duty(lambda d: d == resting, timeout=6.0) == resting
+            yield node, lamp, medium, keys
         finally:
             node.stop()
-        # the lamp's answers went through its duty-cycle ledger and on the air
-        frames = medium.stats()["senders"]["0,0"]["M"]["frames"]
-        assert frames >= 3  # its boot status, then the two answers
     finally:
         medium.stop()
+
+
+def test_a_lamp_on_lora_hears_the_gateway_in_continuous_receive(tmp_path: Path) -> None:
+    """The gateway's push as a LoRa frame (what gateway/links/lora.py sends): a protected CON
+    POST /d heard in continuous receive, answered in a frame, Echo round after the boot."""
+    with lora_lamp(tmp_path) as (_node, lamp, medium, keys):
+        resting = lamp.settled()
+        answers = asyncio.run(lora_push(keys / "lamp-7", medium.port))
+        assert [a.code for a in answers] == [aiocoap.UNAUTHORIZED, aiocoap.CHANGED]
+        assert answers[0].opt.echo is not None  # the challenge after the lamp's boot
+        assert lamp.wait_duty(lambda d: d == 65535, timeout=3.0) == 65535
+        assert lamp.wait_duty(lambda d: d == resting, timeout=6.0) == resting
+        # the lamp's answers went through its duty-cycle ledger and on the air
+        frames = medium.stats()["senders"]["0,0"]["M"]["frames"]
+    assert frames >= 3  # its boot status, then the two answers
 
 
 async def lora_push(context_dir: Path, medium_port: int) -> list[aiocoap.Message]:
@@ -293,46 +302,13 @@ def test_a_lora_lamp_stays_silent_for_frames_that_are_not_its_own(tmp_path: Path
     """In continuous receive a lamp hears every node's uplinks and the gateway's pushes to the
     other lamps: it answers none of them (the sub-band's duty cycle is shared) and counts them,
     and still answers the gateway's own push with the Echo round after its boot."""
-    need_micropython()
-    keys = tmp_path / "keys"
-    oscore_cfg = write_keys(keys, "lamp-7", b"\x07")
-    medium = MediumProcess("--time-scale", "1")
-    try:
-        node = SimNode(tmp_path / "lamp")
-        node.config(
-            {
-                "node_id": "lamp-7",
-                "kind": "lighting",
-                "link": "lora",
-                "oscore": oscore_cfg,
-                "kind_config": {"hold_s": 1, "fade_ms": 300},
-            }
-        )
-        control = free_port()
-        node.board(
-            speed=1,
-            epoch_s=EPOCH,
-            control_port=control,
-            medium=["127.0.0.1", medium.port],
-            position=[0, 0],
-        )
-        node.scenario({"start": EPOCH, "signals": {}})
-        lamp = Lamp.__new__(Lamp)
-        lamp.control = control
-        lamp.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        lamp.sock.settimeout(2)
-        node.start()
-        try:
-            lamp.settled()
-            heard, answers = asyncio.run(strangers_then_push(keys / "lamp-7", medium.port))
-            proc = node.proc
-            assert proc is not None and proc.poll() is None
-            proc.kill()
-            output = proc.communicate()[0]
-        finally:
-            node.stop()
-    finally:
-        medium.stop()
+    with lora_lamp(tmp_path) as (node, lamp, medium, keys):
+        lamp.settled()
+        heard, answers = asyncio.run(strangers_then_push(keys / "lamp-7", medium.port))
+        proc = node.proc
+        assert proc is not None and proc.poll() is None
+        proc.kill()
+        output = proc.communicate()[0]
     assert [a.code for a in answers] == [aiocoap.UNAUTHORIZED, aiocoap.CHANGED]
     # what the lamp put on the air, heard by a radio next to it: the two answers to the
     # gateway's push, nothing for the three strangers' frames
