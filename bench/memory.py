@@ -10,8 +10,9 @@ drained everything to the spool.
 
 The baseline is the same process after a warm-up of WARMUP readings (imports done, caches and
 SQLite's page cache filling): the figure is RSS / that, and the growth per 100,000 readings
-from the first sample past SAMPLES[0] readings (the caches full by then) to the end. A gateway that keeps something per reading (an id set, an
-unbounded queue, a metrics label per node and reading) shows it here as steady growth.
+from the first sample past SAMPLES[0] readings (the caches full by then) to the end. A gateway
+that keeps something per reading (an id set, an unbounded queue, a metrics label per node and
+reading) shows it here as steady growth.
 
     python -m bench memory              # one million readings, ~3 minutes on 2 cores
     python -m bench.memory --readings 20000
