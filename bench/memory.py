@@ -14,7 +14,7 @@ from the first sample past SAMPLES[0] readings (the caches full by then) to the 
 that keeps something per reading (an id set, an unbounded queue, a metrics label per node and
 reading) shows it here as steady growth.
 
-    python -m bench memory              # one million readings, ~3 minutes on 2 cores
+    python -m bench memory              # one million readings, ~6 minutes on 2 cores
     python -m bench.memory --readings 20000
 """
 
@@ -195,4 +195,6 @@ if __name__ == "__main__":
     if "--child" in sys.argv:
         _child(sys.argv[1:])
     else:
-        main()
+        cli = argparse.ArgumentParser(description="the gateway's memory over many readings")
+        cli.add_argument("--readings", type=int, default=READINGS)
+        main(cli.parse_args().readings)
