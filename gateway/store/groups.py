@@ -183,9 +183,9 @@ def run_group(
     """One transaction for the group: its outcomes and the `checks`' results, in order.
 
     Raises if BEGIN, a check or COMMIT fails (then nothing is committed)."""
-    outcomes: list[Outcome] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+
+    def write_all() -> list[Outcome]:
+        outcomes: list[Outcome] = []
         i = 0
         while i < len(group):
             first = i == 0
@@ -203,13 +203,9 @@ def run_group(
             i = end
         for hook in before_commit:
             hook(conn)
-        results = [check(conn) for check in checks]
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return outcomes, results
+        return outcomes
+
+    return _transaction(conn, write_all, checks)
 
 
 def run_batches(
@@ -219,11 +215,25 @@ def run_batches(
 ) -> tuple[list[Outcome], list[Any]]:
     """`run_group` for a group of batch items only, as (batch, items) runs (the writer
     process gets them so: a batch pickled once per run, not once per item)."""
-    outcomes: list[Outcome] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+
+    def write_all() -> list[Outcome]:
+        outcomes: list[Outcome] = []
         for index, (batch, items) in enumerate(runs):
             outcomes.extend(run_batch(conn, batch, items, first=index == 0))
+        return outcomes
+
+    return _transaction(conn, write_all, checks)
+
+
+def _transaction(
+    conn: sqlite3.Connection,
+    write_all: Callable[[], list[Outcome]],
+    checks: Sequence[Callable[[sqlite3.Connection], Any]],
+) -> tuple[list[Outcome], list[Any]]:
+    """BEGIN, the writes, the checks, COMMIT; all rolled back if any of it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        outcomes = write_all()
         results = [check(conn) for check in checks]
         conn.execute("COMMIT")
     except BaseException:
