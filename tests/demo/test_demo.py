@@ -141,8 +141,9 @@ def test_every_node_reports_and_the_page_shows_them(told: DemoProcess) -> None:
 
 def test_the_leak_is_suspected_then_confirmed(told: DemoProcess) -> None:
     facts = told.summary()["facts"]
-    assert facts["leak_suspected"] == ["meter-01"]
-    assert facts["leak_confirmed"] == ["meter-01"]
+    console = "\n".join(told.lines)
+    assert facts["leak_suspected"] == ["meter-01"], console
+    assert facts["leak_confirmed"] == ["meter-01"], console
     suspected = next(i for i, line in enumerate(told.lines) if "leak SUSPECTED" in line)
     confirmed = next(i for i, line in enumerate(told.lines) if "LEAK CONFIRMED" in line)
     assert suspected < confirmed

@@ -4,6 +4,7 @@ groups, the spool follower and the broker probe."""
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import json
 import os
@@ -11,19 +12,22 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.metrics import CONTENT_TYPE, Metrics
 from tests.demo.broker import free_tcp_port, mosquitto
 from tools.demo import city_block, scenario
 from tools.demo.clock import CityClock
-from tools.demo.narrator import Narrator, SpoolFeed
+from tools.demo.narrator import Narrator
 from tools.demo.processes import Children
 from tools.demo.runner import leftovers, mqtt_broker_up, story_speed
 from tools.demo.scenario import HOUR, START_S, Story
+from tools.demo.upstream import SpoolFeed, queued_upstream
 
 # -- the block -------------------------------------------------------------------------------
 
@@ -276,6 +280,36 @@ def test_the_spool_follower_reads_across_a_rotation_without_loss_or_repeat(tmp_p
     feed.poll()
     feed.poll()
     assert [r["n"] for r in got] == [1, 2, 3, 4, 5]
+
+
+def test_the_end_waits_for_what_the_gateway_still_holds_for_its_sinks() -> None:
+    metrics = Metrics(sinks=("mqtt", "spool"))
+    metrics.queue_depth.labels("mqtt").set(3)
+    metrics.queue_depth.labels("spool").set(4)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = metrics.render()
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert queued_upstream(port) == 7
+        metrics.queue_depth.labels("mqtt").set(0)
+        metrics.queue_depth.labels("spool").set(0)
+        assert queued_upstream(port) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert queued_upstream(port) is None  # the gateway is gone: unknown, not empty
 
 
 def test_the_broker_probe_needs_a_real_mqtt_connack(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """The live narration, told from what reached upstream, and the facts the story showed.
 
 The narrator reads the readings the gateway forwarded (the MQTT broker's messages, or the
-local spool's JSON lines: the same document either way, gateway/sinks/entities.py) and the
-lamps' light output (their boards' observer sockets), and turns them into short lines:
+local spool's JSON lines, fed by tools/demo/upstream.py) and the lamps' light output (their
+boards' observer sockets), and turns them into short lines:
 
     Mon 23:00  story     a pipe starts leaking in the sports hall (meter-01): 25 L/h
     Tue 23:04  meter-01  leak SUSPECTED: 24 h without one hour of zero flow (25 L/h now)
@@ -13,13 +13,9 @@ the alarms raised, bins emptied, cars parked, lamps lit ahead of the walker.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from tools.demo.city_block import NodeSpec
@@ -282,95 +278,3 @@ class Narrator:
         else:
             self.line("park", "the walker is out, but no lamp was lit ahead of her")
         return summary
-
-
-# -- where the readings come from -------------------------------------------------------------
-
-
-class SpoolFeed:
-    """Follows the gateway's spool folder: current.jsonl, and the files it rotates into."""
-
-    def __init__(self, folder: Path, deliver: Callable[[dict[str, Any]], None]) -> None:
-        self.folder = folder
-        self.deliver = deliver
-        self._done: set[str] = set()  # rotated files read to the end
-        self._offset = 0
-        self._inode: int | None = None
-        self._partial = b""
-
-    def poll(self) -> None:
-        if not self.folder.is_dir():
-            return
-        for path in sorted(self.folder.glob("readings-*.jsonl")):
-            if path.name in self._done:
-                continue
-            try:
-                inode = path.stat().st_ino
-            except OSError:
-                continue
-            # the file current.jsonl was rotated into: finish it from where we were
-            start = self._offset if inode == self._inode else 0
-            self._read(path, start)
-            self._done.add(path.name)
-            if inode == self._inode:
-                self._inode, self._offset, self._partial = None, 0, b""
-        current = self.folder / "current.jsonl"
-        try:
-            inode = current.stat().st_ino
-        except OSError:
-            return
-        if inode != self._inode:
-            self._inode, self._offset, self._partial = inode, 0, b""
-        self._offset = self._read(current, self._offset)
-
-    def _read(self, path: Path, start: int) -> int:
-        try:
-            with path.open("rb") as f:
-                f.seek(start)
-                data = f.read()
-        except OSError:
-            return start
-        chunk = self._partial + data
-        lines = chunk.split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                self.deliver(json.loads(line))
-        return start + len(data)
-
-
-class MQTTFeed:
-    """Subscribes to the site's topics on the broker the gateway forwards to."""
-
-    def __init__(
-        self, host: str, port: int, topic: str, deliver: Callable[[dict[str, Any]], None]
-    ) -> None:
-        import paho.mqtt.client as paho  # noqa: PLC0415 - only when a broker runs
-        from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
-        self.loop = asyncio.get_running_loop()
-        self.deliver = deliver
-        self.topic = topic
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_connect = self._on_connect
-        self.client.on_message = self._on_message
-        self.client.connect(host, port, keepalive=30)
-        self.client.loop_start()
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        client.subscribe(self.topic, qos=1)
-
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        try:
-            record = json.loads(message.payload)
-        except ValueError:
-            return
-        if isinstance(record, dict):
-            self.loop.call_soon_threadsafe(self.deliver, record)
-
-    def poll(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
