@@ -7,12 +7,13 @@ contains its write has returned: with `synchronous=FULL` that means the WAL has 
 Reads run on a second connection in their own thread, so the event loop never blocks on disk.
 
 Two writers: `transact` works run on a writer thread; batches marked `writer_process = True`
-(the uplinks: gateway/pipeline.py `UplinkWrites`) run in a writer process when the database
-is opened with `writer_process=True` (gateway/store/writer.py says why: the GIL). Each has
-its own group committer; SQLite orders their transactions (WAL allows one writer at a time,
+(the uplinks: gateway/pipeline.py `UplinkWrites`) run in a writer process when the database is
+opened with `writer_process=True` (gateway/store/writer.py says why: the GIL). Each has its own
+group committer; SQLite orders their transactions (WAL allows one writer at a time,
 `busy_timeout` makes the other wait). If the process cannot start or dies, its batches go to
-the thread, and the gateway goes on. `commit_hooks` run before every COMMIT on either writer
-(the store's size bound); `before_commit` hooks only on the thread.
+the thread, and the gateway goes on; a dead process is started again after a growing delay.
+`commit_hooks` run before every COMMIT on either writer (the store's size bound);
+`before_commit` hooks only on the thread.
 
 Why batches: on the writer thread every statement costs a GIL hand-over with the event loop,
 and a group of uplinks written one statement at a time cost half a dozen per uplink. A
@@ -47,6 +48,10 @@ from gateway.store.groups import Batch, CommitHook, GroupCommitter, Outcome, Wri
 from gateway.store.writer import Reply, WriterProcess
 
 T = TypeVar("T")
+# After the writer process dies its batches go to the thread, and a new process is started
+# after these delays, one per death in a row; a child that lived RESPAWN_RESET_S starts over.
+RESPAWN_DELAYS_S = (1.0, 5.0, 30.0, 60.0)
+RESPAWN_RESET_S = 600.0
 Item = TypeVar("Item")
 Work = Callable[[sqlite3.Connection], T]
 
@@ -127,6 +132,7 @@ class Database:
         wal_autocheckpoint: int = 1000,
         journal_size_limit: int = 4 * 1024 * 1024,
         writer_process: bool = False,
+        respawn_delays_s: Sequence[float] = RESPAWN_DELAYS_S,
     ) -> None:
         self.path = path
         self._synchronous: Literal["FULL", "NORMAL"] = synchronous
@@ -145,6 +151,10 @@ class Database:
         self._thread: GroupCommitter | None = None
         self._process: GroupCommitter | None = None  # None: batches go to the thread
         self._child: WriterProcess | None = None
+        self._child_since = 0.0  # monotonic time the child started
+        self._respawn_delays = tuple(respawn_delays_s) or RESPAWN_DELAYS_S
+        self._respawns = 0  # restarts since the last child that lived RESPAWN_RESET_S
+        self._respawn: asyncio.Task[None] | None = None
         self._group_ids = 0
         self._closing = False
         self._broken: BaseException | None = None  # why the committer stopped, if it did
@@ -194,6 +204,7 @@ class Database:
             log.warning("no writer process (%s): its batches are written by the thread", exc)
             return
         assert self._loop is not None
+        self._child_since = time.monotonic()
         self._process = GroupCommitter(
             self._loop, self._window, self._max_group, self._dispatch_process, self._committed
         )
@@ -370,6 +381,9 @@ class Database:
             return
         if not self._closing:
             log.error("the writer process exited (%s): the thread writes its batches now", code)
+            if time.monotonic() - self._child_since >= RESPAWN_RESET_S:
+                self._respawns = 0
+            self._respawn_later()
         # The queued writes first: settling the lost group would otherwise start the next.
         queued = committer.take_queue()
         lost = committer.in_flight
@@ -383,6 +397,25 @@ class Database:
                 write.future.set_exception(DatabaseClosed(f"the writer process exited ({code})"))
             else:
                 self._thread.add(write)
+
+    def _respawn_later(self) -> None:
+        """Start a new writer process after a delay that grows while children keep dying
+        (a fault that kills every child must not turn into a fork loop)."""
+        if self._closing or self._broken is not None or self._loop is None:
+            return
+        delay = self._respawn_delays[min(self._respawns, len(self._respawn_delays) - 1)]
+        self._respawns += 1
+        self._respawn = self._loop.create_task(self._respawn_after(delay))
+
+    async def _respawn_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        if self._closing or self._broken is not None:
+            return
+        await self._start_process()
+        if self._process is None:
+            self._respawn_later()
+        elif self._child is not None:
+            log.warning("writer process %d started: it writes the batches again", self._child.pid)
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -411,6 +444,10 @@ class Database:
                     await self.flush()
             self._closing = True
             self._thread.cancel_timer()
+            if self._respawn is not None:
+                self._respawn.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._respawn
             if self._child is not None:
                 await self._child.close()
         loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """The database's writer process (gateway/store/writer.py): batches marked `writer_process`
 commit there, answered in order; a write fails alone; a child that dies fails only the group
-it held and the thread takes over; close() and the parent's death both end the child; the
-store's bound holds for the readings it writes."""
+it held and the thread takes over until a new child starts; close() and the parent's death
+both end the child; the store's bound holds for the readings it writes."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from gateway.store.db import DatabaseClosed
 from gateway.store.readings import SCHEMA, Store, database_for
 from gateway.store.status import SCHEMA as STATUS_SCHEMA
 from gateway.store.status import NodeReport
+from gateway.store.writer import WriterProcess
 from tests.gateway import writer_batches
 from tests.gateway.fakes import reading
 from tests.gateway.writer_batches import DIE, Notes, notes
@@ -96,7 +97,7 @@ def test_an_item_that_does_not_pickle_fails_its_group_only(tmp_path: Path) -> No
     async def body() -> None:
         db = await open_db(tmp_path / "g.db")
         with pytest.raises(TypeError, match="writer process"):
-            await db.submit(Notes(), lambda: None)  # type: ignore[arg-type]
+            await db.submit(Notes(), lambda: None)  # type: ignore[arg-type, misc]
         _, pid = await db.submit(Notes(), "next")
         assert pid == db.writer_process and notes(str(tmp_path / "g.db")) == ["next"]
         await db.close()
@@ -132,6 +133,75 @@ def test_a_child_dying_mid_group_fails_that_group_and_the_thread_takes_over(
 
     asyncio.run(body())
     assert any("writer process exited" in r.getMessage() for r in caplog.records)
+
+
+def test_a_new_writer_process_takes_the_batches_back_after_one_dies(tmp_path: Path) -> None:
+    async def body() -> None:
+        db = await open_db(tmp_path / "g.db", respawn_delays_s=(0.2, 0.2))
+        first = db.writer_process
+        assert first is not None
+        batch = Notes(die_in=first)
+        with pytest.raises(DatabaseClosed):
+            await db.submit(batch, DIE)
+        assert (await db.submit(batch, "meanwhile"))[1] == os.getpid()  # the thread, at once
+        second = await started_again(db, first)
+        assert (await db.submit(batch, "again"))[1] == second
+        assert notes(str(tmp_path / "g.db")) == ["meanwhile", "again"]
+        await db.close()
+        assert gone(first, 10) and gone(second, 10)
+
+    asyncio.run(body())
+
+
+def test_a_writer_process_that_will_not_start_is_tried_again_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body() -> None:
+        db = await open_db(tmp_path / "g.db", respawn_delays_s=(0.05, 0.1))
+        first = db.writer_process
+        assert first is not None
+        real_start = WriterProcess.start
+        tries: list[float] = []
+
+        async def failing_twice(*args: object, **kw: object) -> WriterProcess:
+            tries.append(asyncio.get_running_loop().time())
+            if len(tries) <= 2:
+                raise OSError("no more processes")
+            return await real_start(*args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(WriterProcess, "start", failing_twice)
+        with pytest.raises(DatabaseClosed):
+            await db.submit(Notes(die_in=first), DIE)
+        second = await started_again(db, first)
+        assert len(tries) == 3
+        assert tries[2] - tries[1] >= 0.09  # the delay grew after the first failure
+        assert (await db.submit(Notes(), "back"))[1] == second
+        await db.close()
+
+    asyncio.run(body())
+
+
+def test_close_stops_a_pending_restart(tmp_path: Path) -> None:
+    async def body() -> None:
+        db = await open_db(tmp_path / "g.db", respawn_delays_s=(30.0,))
+        first = db.writer_process
+        assert first is not None
+        with pytest.raises(DatabaseClosed):
+            await db.submit(Notes(die_in=first), DIE)
+        await asyncio.wait_for(db.close(), 5)  # does not wait out the 30 s
+        assert db.writer_process is None
+
+    asyncio.run(body())
+
+
+async def started_again(db: Database, dead: int, timeout_s: float = 20.0) -> int:
+    """The pid of the writer process that replaced `dead`, once it commits the batches."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (pid := db.writer_process) in (None, dead):
+        assert asyncio.get_running_loop().time() < deadline, "no new writer process"
+        await asyncio.sleep(0.02)
+    assert pid is not None
+    return pid
 
 
 def test_close_commits_what_is_queued_and_stops_the_child(tmp_path: Path) -> None:
