@@ -98,6 +98,16 @@ class TestRadio:
         """Frames heard until `timeout` passes without one."""
         return [bytes.fromhex(m["data"]) for m in self.received(timeout)]
 
+    def answered(self, con: bytes, tries: int = 3) -> list[bytes]:
+        """Send a CON until an answer comes, as a node repeats one that got none in its RX
+        window: on a loaded host the commit can end too late for the window (the gateway
+        counts it in `rx_windows_missed`) and keeps the answer for the repeat."""
+        for _ in range(tries):
+            self.tx(con)
+            if got := self.frames():
+                return got
+        return []
+
     def request(self, records: list[dict[str, Any]], mtype: int = coap.NON) -> bytes:
         self.mid += 1
         body = cbor.dumps(schema.encode_uplink(records))
@@ -189,8 +199,7 @@ def test_con_is_answered_once_stored_and_a_retransmission_answered_from_the_cach
         alarm = {"type": "alarm", "alarm": "bin_fire", "value": 652, "seq": 1}
         exchange = Exchange(radio.context, radio.request([alarm], coap.CON))
         frame = exchange.first()
-        radio.tx(frame)
-        (answer,) = radio.frames()
+        (answer,) = radio.answered(frame)
         reply = coap.decode(answer)
         assert reply.type == coap.ACK and reply.mid == coap.decode(frame).mid
         action, plain = exchange.on_response(answer)
