@@ -1,7 +1,8 @@
 """The CoAP/UDP link: aiocoap serving `POST /u` behind OSCORE (RFC 8613) for WiFi nodes.
 
     datagram -> [size check] -> aiocoap message layer (dedup, CON/ACK, separate responses)
-             -> GuardedSite: refuse unprotected -> OscoreSiteWrapper: find context, unprotect
+             -> GuardedSite: refuse unprotected, find context, unprotect (OscoreSiteWrapper's
+                steps) -> UplinkSite: POST /u without Site's lookup
              -> UplinkResource: decode (gateway/uplink.py) -> pipeline.handle (durable COMMIT)
              -> 2.04 carrying the node's pending downlinks, protected
 
@@ -32,11 +33,13 @@ import time
 from typing import Any
 
 import aiocoap
+import aiocoap.pipe
 from aiocoap import error, oscore, resource
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.numbers.contentformat import ContentFormat
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiocoap.tokenmanager import TokenManager
+from aiocoap.transports.oscore import OSCOREAddress
 from aiocoap.transports.udp6 import MessageInterfaceUDP6
 
 from gateway.links.base import LinkContext, UplinkRefused
@@ -99,8 +102,7 @@ class CoAPLink:
     async def start(self) -> None:
         self.keyring = open_keyring(self.context.config.security.keys_dir)
         try:
-            site = resource.Site()
-            site.add_resource(UPLINK_PATH, UplinkResource(self))
+            site = UplinkSite(UplinkResource(self))
             guarded = GuardedSite(site, CountingCredentials(self.keyring.credentials, self))
             self.server = await aiocoap.Context.create_server_context(
                 guarded,
@@ -286,18 +288,110 @@ class UplinkResource(resource.Resource):  # type: ignore[misc]
         return await self.link.uplink(request)
 
 
-class GuardedSite(OscoreSiteWrapper):  # type: ignore[misc]
-    """aiocoap's OSCORE wrapper, minus its pass-through of unprotected requests."""
+class UplinkSite(resource.Site):  # type: ignore[misc]
+    """A `resource.Site` that hands `POST /u` to its resource without the site's lookup.
 
-    def __init__(self, site: resource.Site, credentials: CountingCredentials) -> None:
+    `Site` finds a request's resource by copying the request without its path, and the copy
+    deep-copies every option (plus the request URI built for the copy): measured with
+    bench/ingest.py, about a tenth of the event loop's time per uplink. The uplink resource
+    needs neither the stripped path nor the URI, so its own path skips both; any other path
+    (and a path given as Uri-Path-Abbrev, which `Site` resolves first) takes the `Site` way.
+    Written against aiocoap 0.4.17 (pinned in pyproject.toml) `Site.render_to_pipe`.
+    """
+
+    def __init__(self, uplinks: UplinkResource) -> None:
+        super().__init__()
+        self.add_resource(UPLINK_PATH, uplinks)
+        self.uplinks = uplinks
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        opt = pipe.request.opt
+        if opt.uri_path == UPLINK_PATH and opt.uri_path_abbrev is None:
+            await self.uplinks.render_to_pipe(pipe)
+        else:
+            await super().render_to_pipe(pipe)
+
+
+class GuardedSite(OscoreSiteWrapper):  # type: ignore[misc]
+    """aiocoap's OSCORE wrapper, minus its pass-through of unprotected requests, rendering
+    the inner request in the request's own task.
+
+    `render_to_pipe` is aiocoap 0.4.17's `OscoreSiteWrapper.render_to_pipe` (pinned in
+    pyproject.toml; compare it when upgrading) with two changes: unprotected requests are
+    refused, and the inner site renders inline instead of in a task of its own (aiocoap's
+    FIXME there asks for exactly that). That task cost over a tenth of the event loop's time
+    per uplink (bench/ingest.py), mostly in formatting its name: a repr of the request and
+    of both its addresses. Inline is equivalent for this site: every request is answered
+    once, with a last response, so its events are all queued when rendering returns; a peer
+    that loses interest cancels the request's task, which now includes the rendering, as
+    the inner task was cancelled with it before. Exceptions become responses through
+    aiocoap's own `error_to_message`, as in its task. EDHOC requests go to aiocoap's code.
+    """
+
+    def __init__(self, site: UplinkSite, credentials: CountingCredentials) -> None:
         super().__init__(site, credentials)
+        self.site = site  # ours: not the wrapper's private `_inner_site`
         self.counting = credentials
 
     async def render_to_pipe(self, pipe: Any) -> None:
-        if pipe.request.opt.oscore is None:
+        request = pipe.request
+        if request.opt.oscore is None:
             self.counting.link.refuse("unauthenticated", detail="no OSCORE option")
             raise error.Unauthorized("OSCORE required")
-        await super().render_to_pipe(pipe)
+        if request.opt.uri_path == (".well-known", "edhoc"):
+            await super().render_to_pipe(pipe)
+            return
+        unprotected = oscore.verify_start(request)  # has an OSCORE option: cannot refuse
+        if request.code not in (aiocoap.FETCH, aiocoap.POST):
+            raise error.MethodNotAllowed
+        try:
+            sc = self.server_credentials.find_oscore(unprotected)
+        except KeyError:
+            if request.mtype == aiocoap.CON:
+                raise error.Unauthorized("Security context not found") from None
+            return
+        try:
+            unprotected, seqno = sc.unprotect(request)
+        except error.RenderableError:  # the 4.01 Echo recovery: rendered unprotected
+            raise
+        except oscore.ReplayError:
+            if request.mtype == aiocoap.CON:
+                replay = aiocoap.Message(
+                    code=aiocoap.UNAUTHORIZED, max_age=0, payload=b"Replay detected"
+                )
+                pipe.add_response(replay, is_last=True)
+            return
+        except oscore.DecodeError:
+            if request.mtype == aiocoap.CON:
+                raise error.BadOption("Failed to decode COSE") from None
+            return
+        except oscore.ProtectionInvalid:
+            if request.mtype == aiocoap.CON:
+                raise error.BadRequest("Decryption failed") from None
+            return
+        unprotected.remote = OSCOREAddress(sc, request.remote)
+        sc = sc.context_for_response()
+
+        inner_pipe = aiocoap.pipe.IterablePipe(unprotected)
+        rendering = aiocoap.pipe.error_to_message(inner_pipe, self.log)
+        try:
+            await self.site.render_to_pipe(rendering)
+        except Exception as exc:  # noqa: BLE001 -- rendered into a response, as aiocoap does
+            rendering.add_exception(exc)
+        async for event in inner_pipe:
+            if event.exception is not None:
+                self.log.warning("Renderer raised %r: answered 5.00", event.exception)
+                message, is_last = aiocoap.Message(code=aiocoap.INTERNAL_SERVER_ERROR), True
+            else:
+                message, is_last = event.message, event.is_last
+            if not is_last:
+                message.opt.observe = 0
+            protected, _ = sc.protect(message, seqno)
+            if message.opt.observe is not None:
+                protected.opt.observe = sc.sender_sequence_number & 0xFFFFFFFF
+            pipe.add_response(protected, is_last=is_last)
+            if event.is_last:
+                break
 
 
 class CountingCredentials:
