@@ -92,11 +92,16 @@ def test_a_sleepy_node_gets_the_time_its_rx_window_opens_at(
         (queued,) = gw.call(agent.downlinks.list("leak-9"))
         assert queued.command["unix_s"] == int(queued.created_at)
         time.sleep(2.5)  # the node sleeps until its next report
-        leak = {"type": "leak", "volume_l": 10, "flow_lh": 0, "seq": 2}
-        exchange = Exchange(radio.context, radio.request([leak]))
-        sent = time.time()
-        radio.tx(exchange.first())
-        (answer,) = radio.frames()
+        # a loaded host can commit too late for the RX window at this time scale: nothing is
+        # sent then (rx_windows_missed), the record stays due, and the next uplink gets it
+        for seq in (2, 3, 4):
+            leak = {"type": "leak", "volume_l": 10, "flow_lh": 0, "seq": seq}
+            exchange = Exchange(radio.context, radio.request([leak]))
+            sent = time.time()
+            radio.tx(exchange.first())
+            if answers := radio.frames():
+                break
+        (answer,) = answers
         heard = time.time()  # a second of silence after the answer, at most
         action, plain = exchange.on_response(answer)
         assert action == DONE
