@@ -11,8 +11,10 @@ Two shapes, both built here so every sink says the same thing about a reading:
   (lighting), WasteContainer (bin fill), Device and DeviceMeasurement (node status, and the
   measurements the asset models have no attribute for). A status's safe mode and error become
   the Device's `deviceState` ("safeMode", "error" or "ok") and `description` (the error
-  text). Entity ids are URNs `urn:ngsi-ld:<Type>:<site>:<node>`, so each upsert updates the
-  one entity of that asset.
+  text); only the status writes them, so one reading cannot undo what another said (the
+  parking sensor's magnetometer health and the battery alarm are DeviceMeasurements of their
+  own: `magnetometer`, `batteryAlarm`). Entity ids are URNs `urn:ngsi-ld:<Type>:<site>:<node>`,
+  so each upsert updates the one entity of that asset.
 
 Privacy: only counts, levels and states leave the gateway; no reading carries anything about a
 person (a presence detection is a count, never an identity).
@@ -146,11 +148,7 @@ LEAK_PERSISTENCE = {
     "suspected": "In progress persistence",
     "confirmed": "In progress impacting persistence",
 }
-MAGNETOMETER_STATE = {
-    "ok": "ok",
-    "degraded": "magnetometerDegraded",
-    "failed": "magnetometerFailed",
-}
+MAGNETOMETER_STATES = ("ok", "degraded", "failed")
 # Alarm name -> the kind whose asset entity it updates (ASSET_TYPE).
 ALARM_TARGET = {
     "probe_wet": "leak",
@@ -312,10 +310,11 @@ class EntityMapper:
         if d.get("since_change_s") is not None:
             changed_at = iso_utc(c.reading.observed_at - d["since_change_s"])
         state = _one_of(d["state"], ("free", "occupied", "unknown"), "state")
+        magnetometer = _one_of(d.get("magnetometer", "ok"), MAGNETOMETER_STATES, "magnetometer")
         return [
             c.parking_spot(state, changed_at),
             c.measurement("occupancy", d.get("changes", 0), "C62", measurement="stateChanges"),
-            c.device(deviceState=_prop(MAGNETOMETER_STATE[d.get("magnetometer", "ok")], c.at)),
+            c.measurement("magneticField", text=magnetometer, measurement="magnetometer"),
         ]
 
     def _lighting(self, c: _Context, d: Mapping[str, Any]) -> list[Entity]:
@@ -352,7 +351,11 @@ class EntityMapper:
         active = bool(d.get("active", True))
         value = d.get("value")
         if name == "battery_low":
-            out = [c.device(deviceState=_prop("batteryLow" if active else "ok", c.at))]
+            out = [
+                c.measurement(
+                    "batterySupply", text="low" if active else "ok", measurement="batteryAlarm"
+                )
+            ]
             if value is not None:
                 out.append(c.measurement("batterySupply", value, "2Z"))
             return out

@@ -156,7 +156,7 @@ def test_occupancy_status_time_is_the_change_time(mapper):
         {"type": "occupancy", "state": "occupied", "since_change_s": 1800, "age_s": 60},
         received_at=T0 + 3600,
     )
-    spot, changes, device = mapper.entities(reading)
+    spot, changes, magnetometer = mapper.entities(reading)
     assert spot["status"] == {
         "type": "Property",
         "value": "occupied",
@@ -168,8 +168,10 @@ def test_occupancy_status_time_is_the_change_time(mapper):
         "object": "urn:ngsi-ld:OnStreetParking:riverside",
     }
     assert key_values(changes)["numValue"] == 0
-    assert key_values(device)["deviceState"] == "ok"
-    assert key_values(device)["controlledProperty"] == ["occupancy"]
+    # the sensor's health is a measurement of its own: only the status writes deviceState
+    assert key_values(magnetometer)["textValue"] == "ok"
+    assert key_values(magnetometer)["measurementType"] == "magnetometer"
+    assert magnetometer["refDevice"]["object"] == "urn:ngsi-ld:Device:riverside:spot-07"
 
 
 def test_lighting_binfill_and_status_values(mapper):
@@ -271,9 +273,14 @@ def test_alarms_and_events(mapper):
     )
     assert one("meter-01", {"type": "alarm", "alarm": "probe_wet"})[0]["alarmInProgress"] == 1
     low = one("spot-07", {"type": "alarm", "alarm": "battery_low", "value": 3300})
-    assert [e["type"] for e in low] == ["Device", "DeviceMeasurement"]
-    assert low[0]["deviceState"] == "batteryLow"
-    assert low[0]["controlledProperty"] == ["occupancy"]  # the node's kind, from the registry
+    assert [(e["measurementType"], e.get("textValue")) for e in low] == [
+        ("batteryAlarm", "low"),
+        ("batterySupply", None),
+    ]
+    assert low[1]["numValue"] == 3300
+    cleared = one("spot-07", {"type": "alarm", "alarm": "battery_low", "active": False})
+    assert [(e["measurementType"], e["textValue"]) for e in cleared] == [("batteryAlarm", "ok")]
+    assert all("deviceState" not in e for e in low + cleared)  # the status's alone
     assert one("bin-12", {"type": "alarm", "alarm": "bin_full"}) == []  # no value: nothing to set
     freed = one("spot-07", {"type": "event", "event": "spot_change", "state": "free"})
     assert [(e["type"], e["status"]) for e in freed] == [("ParkingSpot", "free")]
