@@ -48,12 +48,13 @@ from gateway.store.groups import Batch, CommitHook, GroupCommitter, Outcome, Wri
 from gateway.store.writer import Reply, WriterProcess
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+Work = Callable[[sqlite3.Connection], T]
+
 # After the writer process dies its batches go to the thread, and a new process is started
 # after these delays, one per death in a row; a child that lived RESPAWN_RESET_S starts over.
 RESPAWN_DELAYS_S = (1.0, 5.0, 30.0, 60.0)
 RESPAWN_RESET_S = 600.0
-Item = TypeVar("Item")
-Work = Callable[[sqlite3.Connection], T]
 
 __all__ = [
     "Batch",
