@@ -66,7 +66,7 @@ def simple_key_beside_int(x: Any) -> bool:
     if isinstance(x, (list, tuple)):
         return any(simple_key_beside_int(i) for i in x)
     if isinstance(x, dict):
-        simple = {k.value for k in x if isinstance(k, Simple)}
+        simple = {k.value for k in x if kind(k) == "Simple"}  # also one the bridge keeps
         ints = {k for k in x if isinstance(k, int) and not isinstance(k, bool)}
         return bool(simple & ints) or any(
             simple_key_beside_int(k) or simple_key_beside_int(v) for k, v in x.items()
