@@ -1,16 +1,27 @@
-"""Shared fixtures: `interp` runs a test body under CPython and under MicroPython."""
+"""Shared fixtures: `interp` runs a test body under CPython and under MicroPython.
+
+Hypothesis runs derandomized (the same examples every run), so `make test` passes or fails
+on the code, not on the draw. `HYPOTHESIS_PROFILE=explore make test` draws new examples each
+run to look for new failures; add any it finds as an `@example`.
+"""
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from tests.support.interp import CPython, MicroPython, micropython_binary
 
 INTERPRETERS = ["cpython", "micropython"]
+
+settings.register_profile("suite", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 def _micropython_or_skip() -> None:
