@@ -29,7 +29,7 @@ from gateway.web.auth import (
     same_origin,
     set_cookie,
 )
-from gateway.web.site import WEB, render
+from gateway.web.site import LIVE_VERSION, WEB, render
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Links carry the assets' version, so a browser may keep them for a week.
         response.headers["Cache-Control"] = "public, max-age=604800"
         return response
+    # before the page reads anything: a change after this point makes its stream refresh it
+    request[LIVE_VERSION] = state.hub.version
     session = await state.sessions.lookup(request.cookies.get(cookie_name(request, "gw_session")))
     request[SESSION] = session
     new_pre = None

@@ -6,6 +6,11 @@ downlink, audit, registry; and which nodes). The page's small script then fetche
 copy of its own live sections. So an event costs a few dozen bytes on the site WiFi however
 busy the gateway is, and a page that missed events (a phone asleep) is right again at its next
 refresh.
+
+A page can also miss the changes between its rendering and its stream's start (nobody is
+subscribed to hear them). So every change counts up `version`, subscribed or not; the page
+carries the version it was rendered at, the stream's first event (`hello`) carries the
+current one, and the page refreshes itself when the two differ.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class LiveHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.version = 0  # changes noted so far, heard or not
 
     @property
     def clients(self) -> int:
@@ -42,6 +48,7 @@ class LiveHub:
 
     def publish(self, kind: str, nodes: Iterable[str] = ()) -> None:
         """Note a change; sent with the next flush (callable from any code on the loop)."""
+        self.version += 1
         if not self._clients:
             return
         self._kinds.add(kind)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from typing import Any
@@ -272,7 +273,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     queue = state.hub.subscribe()
     try:
-        await response.write(b"retry: 5000\nevent: hello\ndata: {}\n\n")
+        # subscribed by now: the page catches up on what changed since it was rendered
+        hello = json.dumps({"version": state.hub.version}).encode()
+        await response.write(b"retry: 5000\nevent: hello\ndata: " + hello + b"\n\n")
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)

@@ -118,6 +118,8 @@ class WebState:
 
 
 WEB: web.AppKey[WebState] = web.AppKey("gateway.web", WebState)
+# The live hub's version when the request began (gateway/web/live.py): the page carries it
+LIVE_VERSION: web.RequestKey[int] = web.RequestKey("web.live_version", int)
 
 
 def _templates() -> jinja2.Environment:
@@ -191,6 +193,7 @@ async def render(
         csrf=csrf_token(request),
         site=state.agent.config.site_id,
         version=state.version,
+        live_version=request.get(LIVE_VERSION, state.hub.version),
         asset_version=state.asset_version,
         fmt=i18n.Formatter(lang),
         next_path=context.pop("next_path", request.path_qs),

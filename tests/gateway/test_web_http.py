@@ -457,3 +457,36 @@ def test_a_node_in_safe_mode_or_reporting_an_error_stands_out_until_a_status_cle
     assert listed("status=error") == []
     assert "in safe mode" not in victor.get("/").body
     assert 'data-field="error"' not in victor.get("/nodes/spot-pmr-01").body
+
+
+def test_a_page_learns_of_changes_made_before_its_stream_started(site: WebSite) -> None:
+    """Nobody is subscribed between a page's rendering and its stream's start, so no change
+    event can tell it of a change in between: the stream's hello carries the version the
+    page must compare with the one it was rendered at."""
+    olivia = logged_in(site, "olivia")
+
+    def rendered_at() -> int:
+        match = re.search(r'data-live-version="(\d+)"', olivia.get("/nodes/spot-pmr-01").body)
+        assert match, "no live version on the page"
+        return int(match.group(1))
+
+    def hello() -> int:
+        assert site.agent.http is not None
+        stream = http.client.HTTPConnection("127.0.0.1", site.agent.http.port, timeout=10)
+        try:
+            cookie = "; ".join(f"{k}={v}" for k, v in olivia.cookies.items())
+            stream.request("GET", "/events", headers={"Cookie": cookie})
+            events = stream.getresponse()
+            assert events.readline() == b"retry: 5000\n"
+            assert events.readline() == b"event: hello\n"
+            data = events.readline()
+            assert data.startswith(b"data: ")
+            return int(json.loads(data[len(b"data: ") :])["version"])
+        finally:
+            stream.close()
+
+    page = rendered_at()
+    assert hello() == page  # nothing happened: the page is current, no refresh
+    site.nodes["spot-pmr-01"].report()  # no stream open: no event for anyone
+    assert hello() > page  # the page's script refreshes on this
+    assert rendered_at() == hello()

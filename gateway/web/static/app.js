@@ -58,6 +58,7 @@
       })
       .then(function (html) {
         var fresh = new DOMParser().parseFromString(html, "text/html");
+        body.setAttribute("data-live-version", fresh.body.getAttribute("data-live-version") || "");
         Array.prototype.forEach.call(document.querySelectorAll("[data-live]"), function (old) {
           if (typingIn(old)) { stale = true; return; }
           var next = fresh.querySelector('[data-live="' + old.getAttribute("data-live") + '"]');
@@ -96,6 +97,12 @@
   source.addEventListener("error", function () {
     badge.className = "live";
     badge.textContent = badge.getAttribute("data-off");
+  });
+  // The stream's first event says how far the gateway has moved since this page was drawn:
+  // changes in between (or while the stream was down) had nobody to tell this page.
+  source.addEventListener("hello", function (event) {
+    var version = String(JSON.parse(event.data).version);
+    if (version !== body.getAttribute("data-live-version")) { refresh(); }
   });
   source.addEventListener("change", function (event) {
     if (wants(JSON.parse(event.data))) { refresh(); }
