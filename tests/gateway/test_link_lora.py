@@ -14,6 +14,7 @@ on the simulated medium (hil/medium.py) as a real process on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -124,6 +125,20 @@ class TestRadio:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def bin_node_on_air(
+    tmp_path: Path, medium: MediumProcess
+) -> Iterator[tuple[LiveGateway, TestRadio]]:
+    """A gateway that knows bin-4, and bin-4's radio on the medium; both closed after."""
+    gw = lora_gateway(tmp_path, medium, {"bin-4": ("binfill", b"\x04")}).start()
+    radio = TestRadio(medium, b"\x04")
+    try:
+        yield gw, radio
+    finally:
+        radio.close()
+        gw.close()
+
+
 def leak(seq: int) -> dict[str, Any]:
     return {"type": "leak", "volume_l": 100 + seq, "flow_lh": 0, "seq": seq}
 
@@ -193,9 +208,7 @@ def test_a_firmware_node_over_lora_is_stored_and_gets_its_downlink(
 def test_con_is_answered_once_stored_and_a_retransmission_answered_from_the_cache(
     tmp_path: Path, medium: MediumProcess
 ) -> None:
-    gw = lora_gateway(tmp_path, medium, {"bin-4": ("binfill", b"\x04")}).start()
-    radio = TestRadio(medium, b"\x04")
-    try:
+    with bin_node_on_air(tmp_path, medium) as (gw, radio):
         alarm = {"type": "alarm", "alarm": "bin_fire", "value": 652, "seq": 1}
         exchange = Exchange(radio.context, radio.request([alarm], coap.CON))
         frame = exchange.first()
@@ -230,9 +243,6 @@ def test_con_is_answered_once_stored_and_a_retransmission_answered_from_the_cach
         assert gw.metrics.readings_in.labels("lora")._value.get() == 2
         rssi = gw.metrics.rssi.labels("lora")._sum.get()
         assert -100 < rssi / 2 < -30  # 120 m away on the medium's path loss
-    finally:
-        radio.close()
-        gw.close()
 
 
 def test_lora_refusals_are_counted(tmp_path: Path, medium: MediumProcess) -> None:

@@ -26,7 +26,12 @@ from protocol import cbor, coap, schema
 from protocol.oscore_client import DONE, Exchange
 from tests.firmware.node_support import MediumProcess
 from tests.gateway.fakes import eventually
-from tests.gateway.test_link_lora import SCALE, TestRadio, leak, lora_gateway, medium
+from tests.gateway.test_link_lora import (
+    SCALE,
+    bin_node_on_air,
+    leak,
+    medium,
+)
 from tests.support.interp import ROOT
 
 __all__ = ["medium"]  # the fixture, shared with test_link_lora
@@ -91,9 +96,7 @@ def test_the_answer_starts_rx_delay_after_the_uplink_ended(
     tmp_path: Path, real_time_medium: MediumProcess
 ) -> None:
     """On a medium in real time: RX_DELAY_MS after the end, within RX_ERROR_MS each way."""
-    gw = lora_gateway(tmp_path, real_time_medium, {"bin-4": ("binfill", b"\x04")}).start()
-    radio = TestRadio(real_time_medium, b"\x04")
-    try:
+    with bin_node_on_air(tmp_path, real_time_medium) as (gw, radio):
         delays = []
         for seq in (1, 2, 3):
             exchange = Exchange(radio.context, radio.request([{**ALARM, "seq": seq}], coap.CON))
@@ -107,17 +110,12 @@ def test_the_answer_starts_rx_delay_after_the_uplink_ended(
         assert gw.agent is not None
         link: Any = gw.agent.links[0]
         assert link.rx_windows_missed == 0
-    finally:
-        radio.close()
-        gw.close()
 
 
 def test_a_late_commit_sends_nothing_and_the_downlink_goes_in_the_next_window(
     tmp_path: Path, medium: MediumProcess
 ) -> None:
-    gw = lora_gateway(tmp_path, medium, {"bin-4": ("binfill", b"\x04")}).start()
-    radio = TestRadio(medium, b"\x04")
-    try:
+    with bin_node_on_air(tmp_path, medium) as (gw, radio):
         agent = gw.agent
         assert agent is not None
         link: Any = agent.links[0]
@@ -142,9 +140,6 @@ def test_a_late_commit_sends_nothing_and_the_downlink_goes_in_the_next_window(
         assert OPENS_MS <= gap_ms(txdone, rx) < 2 * RX_DELAY_MS
         assert medium.stats()["senders"]["0,0"]["M"]["frames"] == 1
         assert link.rx_windows_missed == 1
-    finally:
-        radio.close()
-        gw.close()
 
 
 def test_a_late_con_answer_goes_in_the_window_of_its_retransmission(
@@ -152,9 +147,7 @@ def test_a_late_con_answer_goes_in_the_window_of_its_retransmission(
 ) -> None:
     """The node repeats an unanswered CON in a later window (same bytes): the answer that
     missed the first window is kept and goes then, downlink and all; stored once."""
-    gw = lora_gateway(tmp_path, medium, {"bin-4": ("binfill", b"\x04")}).start()
-    radio = TestRadio(medium, b"\x04")
-    try:
+    with bin_node_on_air(tmp_path, medium) as (gw, radio):
         agent = gw.agent
         assert agent is not None
         link: Any = agent.links[0]
@@ -174,6 +167,3 @@ def test_a_late_con_answer_goes_in_the_window_of_its_retransmission(
         assert schema.decode_downlink(cbor.loads(payload)) == [{**COMMAND, "id": 1}]
         assert OPENS_MS <= gap_ms(txdone, rx) < 2 * RX_DELAY_MS
         assert set(gw.stored()) == {"bin-4:1"} and gw.refusals("lora", "replay") == 0
-    finally:
-        radio.close()
-        gw.close()
